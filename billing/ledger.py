@@ -1,0 +1,75 @@
+"""Writing and reading ledger rows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from billing import results
+from billing.idempotency import KeyRaced, insert_unless_exists
+from billing.rules import as_utc
+from billing.validation import LedgerArgs
+from models import EntryType, LedgerEntry, LedgerSource, Operation, User
+
+
+def record(
+    session: Session,
+    user: User,
+    *,
+    key: str,
+    entry_type: EntryType,
+    source: LedgerSource,
+    amount: int,
+    operation: Operation | None = None,
+    meta: dict[str, Any] | None = None,
+) -> int:
+    """Append one movement with the account's counters after it; returns the row id."""
+    stmt = insert_unless_exists(session, LedgerEntry.__table__).values(
+        user_id=user.id,
+        entry_type=entry_type,
+        source=source,
+        operation=operation,
+        amount=amount,
+        idempotency_key=key,
+        balance_credits_after=user.balance_credits,
+        subscription_ops_used_after=user.subscription_ops_used,
+        freemium_actions_used_after=user.freemium_actions_used,
+        meta=meta,
+    )
+    ledger_id = session.execute(stmt.returning(LedgerEntry.id)).scalar()
+    if ledger_id is None:
+        raise KeyRaced(key)
+    return ledger_id
+
+
+def entry_json(entry: LedgerEntry) -> dict[str, Any]:
+    return {
+        "id": entry.id,
+        "created_at": as_utc(entry.created_at).isoformat(),
+        "entry_type": str(entry.entry_type),
+        "source": str(entry.source),
+        "operation": str(entry.operation) if entry.operation else None,
+        "amount": entry.amount,
+        "idempotency_key": entry.idempotency_key,
+        "balance_credits_after": entry.balance_credits_after,
+        "subscription_ops_used_after": entry.subscription_ops_used_after,
+        "freemium_actions_used_after": entry.freemium_actions_used_after,
+        "meta": entry.meta,
+    }
+
+
+def get_ledger(session: Session, args: LedgerArgs, *, enabled: bool) -> results.Result:
+    """A page of a user's ledger, newest first, by keyset on the row id."""
+    if not enabled:
+        return results.ledger_disabled()
+    query = select(LedgerEntry).where(LedgerEntry.user_id == args.user_id)
+    if args.cursor is not None:
+        query = query.where(LedgerEntry.id < int(args.cursor))
+    rows = session.scalars(query.order_by(LedgerEntry.id.desc()).limit(args.limit + 1)).all()
+    if not rows and session.get(User, args.user_id) is None:
+        return results.user_not_found(args.user_id)
+    page = rows[: args.limit]
+    next_cursor = str(page[-1].id) if len(rows) > args.limit else None
+    return results.success(entries=[entry_json(e) for e in page], next_cursor=next_cursor)

@@ -1,0 +1,51 @@
+"""The result contract: every task answers a JSON object with ``ok`` and ``code``.
+
+Business rejections are ordinary results (the task succeeds), so a producer that does not
+import our code reads them from the result backend like any other answer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+OK = 200
+BAD_REQUEST = 400
+PAYMENT_REQUIRED = 402
+NOT_FOUND = 404
+CONFLICT = 409
+UNPROCESSABLE = 422
+
+BILLING_DISABLED = "billing_disabled"
+LEDGER_DISABLED = "ledger_disabled"
+NOT_ENOUGH_CREDITS = "not_enough_credits"
+USER_NOT_FOUND = "user_not_found"
+IDEMPOTENCY_CONFLICT = "idempotency_conflict"
+INVALID_REQUEST = "invalid_request"
+
+Result = dict[str, Any]
+
+
+def success(**fields: Any) -> Result:
+    return {"ok": True, "code": OK, **fields}
+
+
+def failure(code: int, error: str, message: str, **fields: Any) -> Result:
+    return {"ok": False, "code": code, "error": error, "message": message, **fields}
+
+
+def invalid(field: str, message: str) -> Result:
+    return failure(UNPROCESSABLE, INVALID_REQUEST, f"{field}: {message}", field=field)
+
+
+def billing_disabled() -> Result:
+    return failure(BAD_REQUEST, BILLING_DISABLED, "billing is disabled (BILLING_V4_ENABLED=false)")
+
+
+def ledger_disabled() -> Result:
+    return failure(
+        BAD_REQUEST, LEDGER_DISABLED, "the ledger is disabled (BILLING_LEDGER_ENABLED=false)"
+    )
+
+
+def user_not_found(user_id: int) -> Result:
+    return failure(NOT_FOUND, USER_NOT_FOUND, f"user {user_id} does not exist")

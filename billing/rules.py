@@ -1,0 +1,139 @@
+"""The Billing v4 rules as pure functions over an account row: no I/O, no clock of their own.
+
+The caller passes ``now`` from the database (one clock for every worker) and applies what
+these functions decide inside its own transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from billing.settings import Settings
+from models import LedgerSource, Operation, User, UserRole
+
+
+def as_utc(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes; everything we store is UTC.
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def next_period_start(reset_at: datetime, now: datetime, period: timedelta) -> datetime | None:
+    """Where a period anchored at ``reset_at`` starts now, or None if it has not elapsed.
+
+    It moves by whole periods so the cycle keeps its anchor however late the reset runs.
+    """
+    elapsed = as_utc(now) - as_utc(reset_at)
+    if elapsed < period:
+        return None
+    return as_utc(reset_at) + (elapsed // period) * period
+
+
+def subscription_active(user: User, now: datetime) -> bool:
+    return (
+        user.subscription_type is not None
+        and user.subscription_end is not None
+        and as_utc(user.subscription_end) > as_utc(now)
+    )
+
+
+def refresh_changes(user: User, now: datetime, settings: Settings) -> dict[str, Any]:
+    """Column updates that bring an account up to date: lazy resets and tier normalisation."""
+    changes: dict[str, Any] = {}
+    period = timedelta(days=settings.reset_period_days)
+
+    freemium_start = next_period_start(user.freemium_reset_at, now, period)
+    if freemium_start is not None:
+        changes["freemium_reset_at"] = freemium_start
+        if user.freemium_actions_used:
+            changes["freemium_actions_used"] = 0
+
+    ops_start = next_period_start(user.subscription_ops_reset_at, now, period)
+    if ops_start is not None:
+        changes["subscription_ops_reset_at"] = ops_start
+        if user.subscription_ops_used:
+            changes["subscription_ops_used"] = 0
+
+    tier = settings.canonical_tier(user.subscription_type)
+    if tier != user.subscription_type:
+        changes["subscription_type"] = tier
+    if tier is not None and tier in settings.tiers:
+        limit = settings.tiers[tier]
+        if user.subscription_ops_limit != limit:
+            changes["subscription_ops_limit"] = limit
+    return changes
+
+
+def apply(user: User, changes: dict[str, Any]) -> None:
+    for column, value in changes.items():
+        setattr(user, column, value)
+
+
+@dataclass(frozen=True)
+class Draw:
+    """What a charge takes: from which source, how much in that source's unit."""
+
+    source: LedgerSource
+    amount: int
+
+
+def choose_draw(
+    user: User, operation: Operation, cost: int, now: datetime, settings: Settings
+) -> Draw | None:
+    """The source a charge draws from, in the product's strict order; None means 402."""
+    if user.role == UserRole.ADMIN:
+        return Draw(LedgerSource.ADMIN, 0)
+    if operation == Operation.GENERATION:
+        if (
+            subscription_active(user, now)
+            and user.subscription_ops_used < user.subscription_ops_limit
+        ):
+            return Draw(LedgerSource.SUBSCRIPTION, 1)
+        if user.freemium_actions_used < settings.freemium_limit:
+            return Draw(LedgerSource.FREEMIUM, 1)
+    if user.balance_credits >= cost:
+        return Draw(LedgerSource.CREDITS, cost)
+    return None
+
+
+def take(user: User, draw: Draw) -> None:
+    if draw.source == LedgerSource.SUBSCRIPTION:
+        user.subscription_ops_used += draw.amount
+    elif draw.source == LedgerSource.FREEMIUM:
+        user.freemium_actions_used += draw.amount
+    elif draw.source == LedgerSource.CREDITS:
+        user.balance_credits -= draw.amount
+
+
+def _iso(value: datetime | None) -> str | None:
+    return as_utc(value).isoformat() if value is not None else None
+
+
+def account_state(user: User, now: datetime, settings: Settings) -> dict[str, Any]:
+    period = timedelta(days=settings.reset_period_days)
+    active = subscription_active(user, now)
+    ops_remaining = (
+        max(user.subscription_ops_limit - user.subscription_ops_used, 0) if active else 0
+    )
+    freemium_limit = settings.freemium_limit
+    return {
+        "user_id": user.id,
+        "role": str(user.role),
+        "subscription": {
+            "type": user.subscription_type,
+            "active": active,
+            "ends_at": _iso(user.subscription_end),
+            "ops_limit": user.subscription_ops_limit,
+            "ops_used": user.subscription_ops_used,
+            "ops_remaining": ops_remaining,
+            "resets_at": _iso(as_utc(user.subscription_ops_reset_at) + period),
+        },
+        "freemium": {
+            "limit": freemium_limit,
+            "used": user.freemium_actions_used,
+            "remaining": max(freemium_limit - user.freemium_actions_used, 0),
+            "resets_at": _iso(as_utc(user.freemium_reset_at) + period),
+        },
+        "credits": {"balance": user.balance_credits},
+    }

@@ -1,0 +1,93 @@
+"""Settings from the environment (prefix ``BILLING_``), read once per process."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_TIERS = {"basic": 30, "standard": 100, "premium": 300}
+DEFAULT_TIER_ALIASES = {"pro": "standard"}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BILLING_", extra="ignore")
+
+    # Unset URLs fall back to the embedded default (SQLite files under data_dir).
+    database_url: str | None = None
+    broker_url: str | None = None
+    result_backend: str | None = None
+    data_dir: Path = Path(".billing-data")
+
+    queue: str = "billing"
+    v4_enabled: bool = True
+    ledger_enabled: bool = True
+
+    freemium_limit: int = Field(default=5, ge=0)
+    generation_cost: int = Field(default=10, gt=0, le=1_000_000)
+    assistant_cost: int = Field(default=2, gt=0, le=1_000_000)
+    reset_period_days: int = Field(default=30, gt=0)
+    tiers: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_TIERS))
+    tier_aliases: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_TIER_ALIASES))
+
+    # Retries of infrastructure failures (database unreachable, serialization failure).
+    task_max_retries: int = Field(default=8, ge=0)
+    # Must exceed the longest task plus all its retries, or Redis redelivers a running task.
+    visibility_timeout: int = Field(default=3600, gt=0)
+    reset_interval_seconds: float = Field(default=900.0, gt=0)
+
+    @field_validator("tiers")
+    @classmethod
+    def _tiers_non_negative(cls, tiers: dict[str, int]) -> dict[str, int]:
+        bad = {name: limit for name, limit in tiers.items() if limit < 0}
+        if bad:
+            raise ValueError(f"tier limits must be >= 0, got {bad}")
+        return tiers
+
+    @model_validator(mode="after")
+    def _aliases_point_at_tiers(self) -> Settings:
+        unknown = {a: t for a, t in self.tier_aliases.items() if t not in self.tiers}
+        if unknown:
+            raise ValueError(f"BILLING_TIER_ALIASES point at unknown tiers: {unknown}")
+        return self
+
+    @property
+    def embedded(self) -> bool:
+        return self.database_url is None
+
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self._data_path('billing.sqlite')}"
+
+    def effective_broker_url(self) -> str:
+        if self.broker_url:
+            return self.broker_url
+        return f"sqla+sqlite:///{self._data_path('broker.sqlite')}"
+
+    def effective_result_backend(self) -> str:
+        if self.result_backend:
+            return self.result_backend
+        return f"db+sqlite:///{self._data_path('results.sqlite')}"
+
+    def _data_path(self, name: str) -> Path:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        return self.data_dir.resolve() / name
+
+    def canonical_tier(self, name: str | None) -> str | None:
+        if name is None:
+            return None
+        return self.tier_aliases.get(name, name)
+
+
+@functools.cache
+def get_settings() -> Settings:
+    return Settings()
+
+
+def reload_settings() -> Settings:
+    """Drop the cached settings so the next read sees the environment as it is now."""
+    get_settings.cache_clear()
+    return get_settings()

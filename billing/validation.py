@@ -1,0 +1,112 @@
+"""Validation of task arguments as a foreign producer may send them.
+
+Anything wrong becomes a 422 ``invalid_request`` naming the field; nothing is written.
+Strict types: JSON gives us ints, and a bool, float or numeric string is not an integer.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from billing import results
+
+MAX_USER_ID = 2**63 - 1
+MAX_KEY_LENGTH = 255
+MAX_COST = 1_000_000
+MAX_META_BYTES = 4096
+MAX_LEDGER_PAGE = 200
+
+
+class InvalidRequest(Exception):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+    def result(self) -> results.Result:
+        return results.invalid(self.field, self.message)
+
+
+def _storable_text(value: str, field: str) -> str:
+    # PostgreSQL text holds neither NUL nor lone surrogates; refuse them here, not at INSERT.
+    if "\x00" in value:
+        raise ValueError(f"{field} must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{field} must be valid UTF-8 text") from None
+    return value
+
+
+class _Args(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    @classmethod
+    def parse(cls, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Self:
+        if args:
+            raise InvalidRequest("args", "positional arguments are not accepted; use keywords")
+        unknown = sorted(set(kwargs) - set(cls.model_fields))
+        if unknown:
+            raise InvalidRequest(unknown[0], f"unknown argument(s): {', '.join(unknown)}")
+        provided = {k: v for k, v in kwargs.items() if v is not None}
+        try:
+            return cls.model_validate(provided)
+        except ValidationError as exc:
+            error = exc.errors(include_url=False)[0]
+            field = ".".join(str(p) for p in error["loc"]) or "request"
+            raise InvalidRequest(field, _message(error)) from None
+
+
+def _message(error: dict[str, Any]) -> str:
+    if error["type"] == "missing":
+        return "is required"
+    return str(error["msg"])
+
+
+class UserArgs(_Args):
+    user_id: int = Field(gt=0, le=MAX_USER_ID)
+
+
+class ChargeArgs(UserArgs):
+    idempotency_key: str = Field(min_length=1, max_length=MAX_KEY_LENGTH)
+    cost: int | None = Field(default=None, gt=0, le=MAX_COST)
+    meta: dict[str, Any] | None = None
+
+    @field_validator("idempotency_key")
+    @classmethod
+    def _key(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("idempotency_key must not be blank")
+        return _storable_text(value, "idempotency_key")
+
+    @field_validator("meta")
+    @classmethod
+    def _meta(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        try:
+            encoded = json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
+        except RecursionError:
+            raise ValueError("meta is nested too deeply") from None
+        except (TypeError, ValueError, UnicodeEncodeError) as exc:
+            raise ValueError(f"meta must be plain JSON ({exc})") from None
+        if len(encoded) > MAX_META_BYTES:
+            raise ValueError(f"meta is {len(encoded)} bytes as JSON; the limit is {MAX_META_BYTES}")
+        if b"\\u0000" in encoded or b"\x00" in encoded:
+            raise ValueError("meta must not contain NUL characters")
+        return value
+
+
+class LedgerArgs(UserArgs):
+    limit: int = Field(default=50, ge=1, le=MAX_LEDGER_PAGE)
+    cursor: str | None = None
+
+    @field_validator("cursor")
+    @classmethod
+    def _cursor(cls, value: str | None) -> str | None:
+        if value is not None and not (value.isascii() and value.isdigit() and 0 < len(value) < 20):
+            raise ValueError("cursor must be a next_cursor returned by get_ledger")
+        return value

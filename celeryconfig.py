@@ -1,0 +1,38 @@
+"""The one place the Celery app is configured. Values come from the BILLING_* settings."""
+
+from billing.settings import get_settings
+
+_settings = get_settings()
+
+broker_url = _settings.effective_broker_url()
+result_backend = _settings.effective_result_backend()
+broker_connection_retry_on_startup = True
+
+task_default_queue = _settings.queue
+task_routes = {"billing.*": {"queue": _settings.queue}}
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+result_accept_content = ["json"]
+timezone = "UTC"
+enable_utc = True
+
+# At-least-once delivery: a message is acknowledged only after its task finished, and one a
+# dying worker held goes back to the queue. The effect stays exactly-once because the
+# idempotency key is unique in the database.
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+# Redis redelivers an unacknowledged message after this many seconds: it must be longer than
+# any task plus all of its retries, or a slow charge runs twice (harmless, but wasted).
+broker_transport_options = {"visibility_timeout": _settings.visibility_timeout}
+result_backend_transport_options = {"retry_policy": {"timeout": 5.0}}
+result_expires = 7 * 24 * 3600
+result_extended = True
+
+# Flower and operators see every billing task from sent to done.
+worker_send_task_events = True
+task_send_sent_event = True
+task_track_started = True
+
+worker_hijack_root_logger = False

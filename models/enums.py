@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import enum
+
+from sqlalchemy import Enum
+
+
+class UserRole(enum.StrEnum):
+    USER = "user"
+    ADMIN = "admin"
+
+
+class EntryType(enum.StrEnum):
+    CHARGE = "charge"
+    REFUND = "refund"
+    GRANT = "grant"
+    RESET = "reset"
+    SUBSCRIPTION = "subscription"
+
+
+class LedgerSource(enum.StrEnum):
+    SUBSCRIPTION = "subscription"
+    FREEMIUM = "freemium"
+    CREDITS = "credits"
+    ADMIN = "admin"
+
+
+class Operation(enum.StrEnum):
+    GENERATION = "generation"
+    ASSISTANT = "assistant"
+
+
+def pg_enum(enum_cls: type[enum.StrEnum], name: str) -> Enum:
+    """A named PostgreSQL enum whose labels are the members' values (not their names)."""
+    return Enum(
+        enum_cls,
+        name=name,
+        values_callable=lambda members: [m.value for m in members],
+        validate_strings=True,
+        create_constraint=True,
+    )
+
+
+user_role_enum = pg_enum(UserRole, "user_role_enum")
+ledger_entry_type_enum = pg_enum(EntryType, "ledger_entry_type_enum")
+ledger_source_enum = pg_enum(LedgerSource, "ledger_source_enum")
+ledger_operation_enum = pg_enum(Operation, "ledger_operation_enum")

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    String,
+    func,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models.base import Base, BigId
+from models.enums import (
+    EntryType,
+    LedgerSource,
+    Operation,
+    ledger_entry_type_enum,
+    ledger_operation_enum,
+    ledger_source_enum,
+)
+
+
+class LedgerEntry(Base):
+    """One movement of credits or allowance. ``amount`` is in the source's unit and never
+    negative; the direction comes from ``entry_type``. The ``*_after`` columns are the
+    account's counters right after the movement."""
+
+    __tablename__ = "credits_ledger"
+    __table_args__ = (
+        CheckConstraint("amount >= 0", name="amount_non_negative"),
+        # "A user's history, newest first" is a keyset scan of this index.
+        Index("ix_credits_ledger_user_id_id", "user_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, Identity(always=False), primary_key=True)
+    user_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("users.id", ondelete="RESTRICT"), nullable=False
+    )
+    entry_type: Mapped[EntryType] = mapped_column(ledger_entry_type_enum, nullable=False)
+    source: Mapped[LedgerSource] = mapped_column(ledger_source_enum, nullable=False)
+    operation: Mapped[Operation | None] = mapped_column(ledger_operation_enum)
+    amount: Mapped[int] = mapped_column(Integer, nullable=False)
+    idempotency_key: Mapped[str] = mapped_column(String(255), nullable=False, unique=True)
+    balance_credits_after: Mapped[int] = mapped_column(Integer, nullable=False)
+    subscription_ops_used_after: Mapped[int] = mapped_column(Integer, nullable=False)
+    freemium_actions_used_after: Mapped[int] = mapped_column(Integer, nullable=False)
+    meta: Mapped[dict[str, Any] | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )

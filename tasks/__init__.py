@@ -1,0 +1,1 @@
+"""Thin Celery task wrappers around the billing domain. ``tasks.names`` has the public names."""

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from typing import Any
+
+from billing import charges, results
+from billing.validation import ChargeArgs
+from models import Operation
+from tasks import names
+from tasks.base import BillingTask
+from worker.app import app
+
+
+@app.task(bind=True, base=BillingTask, name=names.CHARGE_GENERATION)
+def charge_generation(
+    self: BillingTask,
+    *args: Any,
+    user_id: Any = None,
+    idempotency_key: Any = None,
+    cost: Any = None,
+    meta: Any = None,
+    **unknown: Any,
+) -> results.Result:
+    kwargs = {"user_id": user_id, "idempotency_key": idempotency_key, "cost": cost, "meta": meta}
+    return self.execute(
+        ChargeArgs,
+        args,
+        {**kwargs, **unknown},
+        lambda session, parsed, settings: charges.charge(
+            session, Operation.GENERATION, parsed, settings
+        ),
+    )
+
+
+@app.task(bind=True, base=BillingTask, name=names.CHARGE_ASSISTANT)
+def charge_assistant(
+    self: BillingTask,
+    *args: Any,
+    user_id: Any = None,
+    idempotency_key: Any = None,
+    cost: Any = None,
+    meta: Any = None,
+    **unknown: Any,
+) -> results.Result:
+    kwargs = {"user_id": user_id, "idempotency_key": idempotency_key, "cost": cost, "meta": meta}
+    return self.execute(
+        ChargeArgs,
+        args,
+        {**kwargs, **unknown},
+        lambda session, parsed, settings: charges.charge(
+            session, Operation.ASSISTANT, parsed, settings
+        ),
+    )

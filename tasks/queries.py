@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+from typing import Any
+
+from billing import accounts, ledger, results
+from billing.validation import LedgerArgs, UserArgs
+from tasks import names
+from tasks.base import BillingTask
+from worker.app import app
+
+
+@app.task(bind=True, base=BillingTask, name=names.GET_STATE)
+def get_state(self: BillingTask, *args: Any, user_id: Any = None, **unknown: Any) -> results.Result:
+    return self.execute(UserArgs, args, {"user_id": user_id, **unknown}, accounts.get_state)
+
+
+@app.task(bind=True, base=BillingTask, name=names.GET_LEDGER)
+def get_ledger(
+    self: BillingTask,
+    *args: Any,
+    user_id: Any = None,
+    limit: Any = None,
+    cursor: Any = None,
+    **unknown: Any,
+) -> results.Result:
+    return self.execute(
+        LedgerArgs,
+        args,
+        {"user_id": user_id, "limit": limit, "cursor": cursor, **unknown},
+        lambda session, parsed, settings: ledger.get_ledger(
+            session, parsed, enabled=settings.ledger_enabled
+        ),
+    )

@@ -1,0 +1,44 @@
+"""One database engine per process, created where it is used.
+
+A forked worker child must never use the connections of its parent: the engine is keyed by
+pid, and ``worker_process_init`` drops an inherited one without closing the parent's sockets.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from billing.db import create_db_engine, session_factory
+from billing.settings import get_settings
+
+_lock = threading.Lock()
+_pid: int | None = None
+_engine: Engine | None = None
+_factory: sessionmaker[Session] | None = None
+
+
+def get_session_factory() -> sessionmaker[Session]:
+    global _pid, _engine, _factory
+    if _pid == os.getpid() and _factory is not None:
+        return _factory
+    with _lock:
+        if _pid != os.getpid() or _factory is None:
+            if _engine is not None:
+                _engine.dispose(close=False)
+            _engine = create_db_engine(get_settings().effective_database_url())
+            _factory = session_factory(_engine)
+            _pid = os.getpid()
+        return _factory
+
+
+def reset_engine() -> None:
+    """Forget this process's engine; the next task builds a fresh one."""
+    global _pid, _engine, _factory
+    with _lock:
+        if _engine is not None:
+            _engine.dispose(close=_pid == os.getpid())
+        _pid, _engine, _factory = None, None, None
