@@ -17,6 +17,7 @@ MAX_USER_ID = 2**63 - 1
 MAX_KEY_LENGTH = 255
 MAX_COST = 1_000_000
 MAX_META_BYTES = 4096
+MAX_META_DEPTH = 16
 MAX_LEDGER_PAGE = 200
 
 
@@ -87,6 +88,8 @@ class ChargeArgs(UserArgs):
     def _meta(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         if value is None:
             return None
+        if _depth(value) > MAX_META_DEPTH:
+            raise ValueError(f"meta is nested deeper than {MAX_META_DEPTH} levels")
         try:
             encoded = json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
         except RecursionError:
@@ -98,6 +101,14 @@ class ChargeArgs(UserArgs):
         if b"\\u0000" in encoded or b"\x00" in encoded:
             raise ValueError("meta must not contain NUL characters")
         return value
+
+
+def _depth(value: Any, limit: int = MAX_META_DEPTH + 1) -> int:
+    """Nesting depth of a JSON value, counted no further than ``limit``."""
+    if limit <= 0 or not isinstance(value, dict | list):
+        return 0
+    children = value.values() if isinstance(value, dict) else value
+    return 1 + max((_depth(child, limit - 1) for child in children), default=0)
 
 
 class LedgerArgs(UserArgs):

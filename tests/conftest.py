@@ -1,0 +1,210 @@
+"""Fixtures: real PostgreSQL, real Redis, a real Celery worker; schema from the migrations."""
+
+from __future__ import annotations
+
+from tests.services import configure_environment
+
+configure_environment()
+
+# ruff: noqa: E402  (the environment must be set before the app reads its settings)
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import redis
+from celery.contrib.testing.worker import start_worker
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.orm import Session
+
+from billing import migrate
+from billing.settings import get_settings, reload_settings
+from models import User, UserRole
+from tests import db
+from tests.services import REDIS_URL, TEST_DATABASE, database_url
+from worker import app
+from worker import db as worker_db
+
+RESULT_TIMEOUT = 30
+
+
+@pytest.fixture(scope="session")
+def database() -> Iterator[str]:
+    db.recreate_database(TEST_DATABASE)
+    url = database_url(TEST_DATABASE)
+    migrate.upgrade(url)
+    yield url
+
+
+@pytest.fixture(scope="session")
+def engine(database: str) -> Iterator[Engine]:
+    eng = create_engine(database)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture(scope="session")
+def celery_worker(database: str) -> Iterator[Any]:
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    with start_worker(
+        app,
+        pool="threads",
+        concurrency=4,
+        perform_ping_check=False,
+        loglevel="WARNING",
+        shutdown_timeout=30,
+    ) as worker:
+        yield worker
+    worker_db.reset_engine()
+
+
+@pytest.fixture(autouse=True)
+def _clean_tables(request: pytest.FixtureRequest) -> Iterator[None]:
+    # The worker writes through its own connections, so a rolled-back test transaction
+    # would not undo its work: every test starts from empty tables instead.
+    if "engine" in request.fixturenames or "worker" in request.fixturenames:
+        db.truncate_all(request.getfixturevalue("engine"))
+    yield
+
+
+@pytest.fixture
+def settings_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., None]]:
+    """Change BILLING_* settings for one test; the in-process worker reads them too."""
+
+    def configure(**values: str) -> None:
+        for name, value in values.items():
+            monkeypatch.setenv(f"BILLING_{name.upper()}", value)
+        reload_settings()
+
+    yield configure
+    monkeypatch.undo()
+    reload_settings()
+
+
+class Worker:
+    """Sends tasks by name, as a producer without our code would, and waits for the result."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def call(self, name: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        result = app.send_task(name, args=args, kwargs=kwargs, queue="billing")
+        return result.get(timeout=RESULT_TIMEOUT)
+
+    def charge_generation(self, user_id: int, key: str, **kwargs: Any) -> dict[str, Any]:
+        return self.call(
+            "billing.charge_generation", user_id=user_id, idempotency_key=key, **kwargs
+        )
+
+    def charge_assistant(self, user_id: int, key: str, **kwargs: Any) -> dict[str, Any]:
+        return self.call("billing.charge_assistant", user_id=user_id, idempotency_key=key, **kwargs)
+
+    def state(self, user_id: int) -> dict[str, Any]:
+        return self.call("billing.get_state", user_id=user_id)
+
+    def ledger(self, user_id: int, **kwargs: Any) -> dict[str, Any]:
+        return self.call("billing.get_ledger", user_id=user_id, **kwargs)
+
+
+@pytest.fixture
+def worker(celery_worker: Any, engine: Engine) -> Worker:
+    return Worker(engine)
+
+
+# --- accounts -------------------------------------------------------------------------------
+
+
+def days_ago(days: float) -> datetime:
+    return datetime.now(UTC) - timedelta(days=days)
+
+
+def _freemium() -> int:
+    """The freemium limit in force: an account at it has no free actions left."""
+    return get_settings().freemium_limit
+
+
+class Accounts:
+    """Builds real account rows the way other services would write them."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._next_id = 1000
+
+    def create(self, **columns: Any) -> int:
+        user_id = columns.pop("id", None) or self._take_id()
+        with Session(self.engine) as session, session.begin():
+            session.add(User(id=user_id, **columns))
+        return user_id
+
+    def get(self, user_id: int) -> User:
+        with Session(self.engine) as session:
+            user = session.get(User, user_id)
+            assert user is not None
+            session.expunge(user)
+            return user
+
+    def _take_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    # The six kinds of account of the product's Billing v4 suite.
+    def subscriber(self, **overrides: Any) -> int:
+        return self.create(
+            **{
+                "subscription_type": "standard",
+                "subscription_end": datetime.now(UTC) + timedelta(days=20),
+                "subscription_ops_limit": 100,
+                "balance_credits": 100,
+                **overrides,
+            }
+        )
+
+    def freemium_only(self, **overrides: Any) -> int:
+        return self.create(**overrides)
+
+    def credits_only(self, **overrides: Any) -> int:
+        return self.create(
+            **{"freemium_actions_used": _freemium(), "balance_credits": 100, **overrides}
+        )
+
+    def no_funds(self, **overrides: Any) -> int:
+        return self.create(
+            **{"freemium_actions_used": _freemium(), "balance_credits": 0, **overrides}
+        )
+
+    def admin(self, **overrides: Any) -> int:
+        return self.create(
+            **{"role": UserRole.ADMIN, "freemium_actions_used": _freemium(), **overrides}
+        )
+
+    def expired_subscription(self, **overrides: Any) -> int:
+        return self.create(
+            **{
+                "subscription_type": "standard",
+                "subscription_end": days_ago(1),
+                "subscription_ops_limit": 100,
+                "freemium_actions_used": _freemium(),
+                "balance_credits": 100,
+                **overrides,
+            }
+        )
+
+
+@pytest.fixture
+def accounts(engine: Engine) -> Accounts:
+    return Accounts(engine)
+
+
+def ledger_rows(engine: Engine, user_id: int | None = None) -> list[Any]:
+    query = "SELECT * FROM credits_ledger"
+    params: dict[str, Any] = {}
+    if user_id is not None:
+        query += " WHERE user_id = :uid"
+        params["uid"] = user_id
+    with engine.connect() as conn:
+        return list(conn.execute(text(query + " ORDER BY id"), params))
+
+
+def count_rows(engine: Engine, table: str) -> int:
+    with engine.connect() as conn:
+        return conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()

@@ -1,0 +1,109 @@
+"""Malformed messages, sent by name as a foreign producer would: 422, nothing written."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import count_rows
+from worker import app
+
+GOOD = {"idempotency_key": "good-key"}
+
+CASES = [
+    # (task, kwargs without user_id / with overrides, field named in the error)
+    ("charge_generation", {"user_id": "1"}, "user_id"),
+    ("charge_generation", {"user_id": 1.0}, "user_id"),
+    ("charge_generation", {"user_id": True}, "user_id"),
+    ("charge_generation", {"user_id": [1]}, "user_id"),
+    ("charge_generation", {"user_id": 0}, "user_id"),
+    ("charge_generation", {"user_id": -7}, "user_id"),
+    ("charge_generation", {"user_id": 2**63}, "user_id"),
+    ("charge_generation", {"user_id": 2**80}, "user_id"),
+    ("charge_generation", {"user_id": None}, "user_id"),
+    ("charge_generation", {"idempotency_key": None}, "idempotency_key"),
+    ("charge_generation", {"idempotency_key": ""}, "idempotency_key"),
+    ("charge_generation", {"idempotency_key": "   "}, "idempotency_key"),
+    ("charge_generation", {"idempotency_key": "k" * 256}, "idempotency_key"),
+    ("charge_generation", {"idempotency_key": "k" * 10_000}, "idempotency_key"),
+    ("charge_generation", {"idempotency_key": 12345}, "idempotency_key"),
+    ("charge_generation", {"idempotency_key": "nul\x00key"}, "idempotency_key"),
+    ("charge_generation", {"idempotency_key": "surrogate-\ud800"}, "idempotency_key"),
+    ("charge_generation", {"cost": 0}, "cost"),
+    ("charge_generation", {"cost": -1}, "cost"),
+    ("charge_generation", {"cost": 1_000_001}, "cost"),
+    ("charge_generation", {"cost": 2**64}, "cost"),
+    ("charge_generation", {"cost": 2.5}, "cost"),
+    ("charge_generation", {"cost": "10"}, "cost"),
+    ("charge_generation", {"cost": False}, "cost"),
+    ("charge_assistant", {"cost": True}, "cost"),
+    ("charge_assistant", {"meta": "job-1"}, "meta"),
+    ("charge_assistant", {"meta": [1, 2]}, "meta"),
+    ("charge_assistant", {"meta": {"blob": "x" * 5000}}, "meta"),
+    ("charge_assistant", {"meta": {"nul": "a\x00b"}}, "meta"),
+    ("charge_assistant", {"unexpected": 1}, "unexpected"),
+    ("charge_assistant", {"userid": 5}, "userid"),
+    ("get_state", {"user_id": "abc"}, "user_id"),
+    ("get_state", {"user_id": 5, "verbose": True}, "verbose"),
+]
+
+
+def _deep(levels: int) -> dict:
+    node: dict = {}
+    root = node
+    for _ in range(levels):
+        node["n"] = {}
+        node = node["n"]
+    return root
+
+
+@pytest.mark.parametrize(("task", "override", "field"), CASES)
+def test_malformed_message_is_422_and_writes_nothing(
+    worker, accounts, engine, task, override, field
+):
+    user = accounts.credits_only()
+    kwargs = {"user_id": user, **({} if task == "get_state" else GOOD), **override}
+
+    result = app.send_task(f"billing.{task}", kwargs=kwargs).get(timeout=30)
+
+    assert (result["ok"], result["code"], result["error"]) == (False, 422, "invalid_request")
+    assert result["field"] == field and result["message"].startswith(f"{field}: ")
+    assert count_rows(engine, "billing_requests") == 0
+    assert count_rows(engine, "credits_ledger") == 0
+    assert accounts.get(user).balance_credits == 100
+    # The worker keeps serving the next good message.
+    assert worker.charge_assistant(user, "after-bad")["code"] == 200
+
+
+def test_positional_arguments_are_refused(worker, accounts, engine):
+    user = accounts.credits_only()
+
+    result = app.send_task("billing.charge_generation", args=[user, "pos-key"]).get(timeout=30)
+
+    assert (result["code"], result["field"]) == (422, "args")
+    assert count_rows(engine, "billing_requests") == 0
+
+
+def test_message_with_no_arguments_at_all(worker):
+    result = app.send_task("billing.charge_generation").get(timeout=30)
+
+    assert (result["code"], result["field"]) == (422, "user_id")
+    assert result["message"] == "user_id: is required"
+
+
+def test_deeply_nested_meta_is_refused(worker, accounts, engine):
+    user = accounts.credits_only()
+
+    result = worker.charge_assistant(user, "deep", meta=_deep(200))
+
+    assert (result["code"], result["field"]) == (422, "meta")
+    assert count_rows(engine, "credits_ledger") == 0
+
+
+def test_largest_valid_values_are_accepted(worker, accounts):
+    user = accounts.credits_only(id=2**63 - 1, balance_credits=1_000_000)
+    meta = {"blob": "x" * 4000}
+
+    result = worker.charge_assistant(user, "k" * 255, cost=1_000_000, meta=meta)
+
+    assert (result["code"], result["amount"]) == (200, 1_000_000)
+    assert accounts.get(user).balance_credits == 0
