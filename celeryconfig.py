@@ -25,7 +25,12 @@ task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
 # Redis redelivers an unacknowledged message after this many seconds: it must be longer than
 # any task plus all of its retries, or a slow charge runs twice (harmless, but wasted).
-broker_transport_options = {"visibility_timeout": _settings.visibility_timeout}
+# (kombu's SQLAlchemy transport of the embedded default hands these to create_engine instead.)
+broker_transport_options = (
+    {"visibility_timeout": _settings.visibility_timeout}
+    if broker_url.startswith(("redis", "rediss"))
+    else {}
+)
 result_backend_transport_options = {"retry_policy": {"timeout": 5.0}}
 result_expires = 7 * 24 * 3600
 result_extended = True

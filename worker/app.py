@@ -3,4 +3,11 @@ from celery import Celery
 app = Celery("billing", include=["tasks.charges", "tasks.queries"])
 app.config_from_object("celeryconfig")
 
+if app.conf.broker_url.startswith("sqla+"):
+    # The embedded default's SQL broker polls its table; kombu's 1 s default would add up to a
+    # second to every task. Its transport options go to create_engine, so set it here.
+    from kombu.transport.sqlalchemy import Transport
+
+    Transport.polling_interval = 0.05
+
 import worker.signals  # noqa: E402,F401  (connects the per-process engine handlers)

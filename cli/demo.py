@@ -1,0 +1,161 @@
+"""``billing demo``: the processor end to end, on the embedded default or the configured services.
+
+It migrates, starts a worker and a beat, creates one account of each kind, sends a stream of
+generation and assistant charges by task name (as the image pipeline does), prints what
+happened and shuts everything down.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from billing import migrate
+from billing.db import create_db_engine, mask_url
+from billing.settings import get_settings
+from cli import processes
+from cli.main import format_ledger_rows
+from models import User, UserRole
+from tasks import names
+
+DEMO_ID_BASE = 9_000_000_000_000
+
+
+def _accounts(run: int) -> dict[str, dict[str, Any]]:
+    settings = get_settings()
+    now = datetime.now(UTC)
+    tier = next(iter(settings.tiers), None)
+    subscriber = {
+        "subscription_type": tier,
+        "subscription_end": now + timedelta(days=20),
+        "subscription_ops_limit": settings.tiers.get(tier, 0) if tier else 0,
+        "subscription_ops_used": max(settings.tiers.get(tier, 0) - 3, 0) if tier else 0,
+        "balance_credits": 50,
+    }
+    spent = settings.freemium_limit
+    kinds = {
+        "subscriber": subscriber,
+        "legacy pro subscriber": {**subscriber, "subscription_type": "pro"},
+        "freemium only": {"freemium_actions_used": max(spent - 2, 0)},
+        "credits only": {"freemium_actions_used": spent, "balance_credits": 100},
+        "no funds": {"freemium_actions_used": spent},
+        "admin": {"role": UserRole.ADMIN, "freemium_actions_used": spent},
+        "expired subscription": {
+            **subscriber,
+            "subscription_end": now - timedelta(days=1),
+            "freemium_actions_used": spent,
+            "balance_credits": 30,
+        },
+    }
+    return {
+        kind: {"id": DEMO_ID_BASE + run * 100 + i, **columns}
+        for i, (kind, columns) in enumerate(kinds.items())
+    }
+
+
+def _progress(done: int, total: int) -> None:
+    width = 30
+    filled = width * done // total
+    sys.stdout.write(f"\r  [{'#' * filled}{'.' * (width - filled)}] {done}/{total} charges")
+    sys.stdout.flush()
+
+
+def run(charges: int = 60, concurrency: int = 2) -> int:
+    settings = get_settings()
+    started = time.monotonic()
+    where = (
+        "embedded default (SQLite under %s)" % settings.data_dir
+        if settings.embedded
+        else ("configured services")
+    )
+    print(f"billing demo on the {where}")
+    print(f"  database: {mask_url(settings.effective_database_url())}")
+    print(f"  broker:   {mask_url(settings.effective_broker_url())}")
+
+    db_url = settings.effective_database_url()
+    migrate.upgrade(db_url)
+    print("  migrated to head")
+
+    run_id = int(time.time()) % 1_000_000
+    accounts = _accounts(run_id)
+    engine = create_db_engine(db_url, pool_size=1)
+    try:
+        with Session(engine) as session, session.begin():
+            for columns in accounts.values():
+                session.add(User(**columns))
+    finally:
+        engine.dispose()
+    print(f"  created {len(accounts)} demo accounts (ids from {DEMO_ID_BASE + run_id * 100})")
+
+    from worker import app  # the app reads the settings; import after they are final
+
+    log = settings.data_dir.resolve() / "demo.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    hostname = f"demo-{run_id}@%h"
+    worker_cmd = processes.worker_command(concurrency=concurrency, hostname=hostname)
+    with (
+        processes.running(worker_cmd, log) as worker,
+        processes.running(processes.beat_command(), log),
+    ):
+        processes.wait_for_worker(app, worker, processes.node_name(hostname))
+        print(f"  worker ({concurrency} processes) and beat running; logs in {log}")
+        outcomes = _drive(app, accounts, charges, run_id)
+        shown = accounts["subscriber"]["id"]
+        state = app.send_task(names.GET_STATE, kwargs={"user_id": shown}).get(timeout=30)
+        ledger = app.send_task(names.GET_LEDGER, kwargs={"user_id": shown, "limit": 5}).get(
+            timeout=30
+        )
+    _report(outcomes, state, ledger)
+    print(f"\nworker and beat stopped; demo took {time.monotonic() - started:.1f}s")
+    return 0
+
+
+def _drive(app, accounts: dict[str, dict[str, Any]], charges: int, run_id: int) -> list[dict]:
+    rng = random.Random(run_id)
+    ids = [a["id"] for a in accounts.values()]
+    sent = []
+    for i in range(charges):
+        task = names.CHARGE_GENERATION if rng.random() < 0.75 else names.CHARGE_ASSISTANT
+        # Every tenth charge repeats an earlier key, as a producer retrying would.
+        n = rng.randrange(i) if i and i % 10 == 0 else i
+        kwargs = {"user_id": rng.choice(ids), "idempotency_key": f"demo-{run_id}-{n}"}
+        if n != i:
+            kwargs = next(
+                s[1] for s in sent if s[1]["idempotency_key"] == kwargs["idempotency_key"]
+            )
+            task = next(s[0] for s in sent if s[1]["idempotency_key"] == kwargs["idempotency_key"])
+        sent.append((task, kwargs, app.send_task(task, kwargs=kwargs)))
+    outcomes = []
+    _progress(0, charges)
+    for done, (task, _kwargs, result) in enumerate(sent, 1):
+        outcomes.append({"task": task, **result.get(timeout=60)})
+        _progress(done, charges)
+    print()
+    return outcomes
+
+
+def _report(outcomes: list[dict], state: dict, ledger: dict) -> None:
+    table = Counter(
+        (
+            o["task"].split(".")[-1],
+            o.get("source") or o.get("error"),
+            o["code"],
+            "replayed" if o.get("replayed") else "first",
+        )
+        for o in outcomes
+    )
+    print(f"\n{'task':<20} {'source / reason':<22} {'code':>4}  {'delivery':<9} {'count':>5}")
+    for (task, what, code, replayed), count in sorted(table.items(), key=str):
+        print(f"{task:<20} {what:<22} {code:>4}  {replayed:<9} {count:>5}")
+    from cli.main import _format_state
+
+    print("\nstate of the subscriber account:")
+    print(_format_state(state) if state["ok"] else state)
+    print("\nits latest ledger entries:")
+    print("\n".join(format_ledger_rows(ledger["entries"])) if ledger["entries"] else "(none)")

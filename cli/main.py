@@ -1,0 +1,192 @@
+"""``billing``: migrate, run workers and beat, run the demo, read an account."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sqlalchemy.exc import OperationalError
+
+from billing.db import mask_url
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from billing import migrate
+    from billing.settings import get_settings
+
+    url = get_settings().effective_database_url()
+    migrate.upgrade(url, args.revision)
+    print(f"database {mask_url(url)} is at revision {args.revision}")
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from cli import processes
+
+    cmd = processes.worker_command(
+        queue=args.queue, concurrency=args.concurrency, pool=args.pool, loglevel=args.loglevel
+    )
+    os.execv(cmd[0], cmd)
+
+
+def _cmd_beat(args: argparse.Namespace) -> int:
+    from cli import processes
+
+    cmd = processes.beat_command(loglevel=args.loglevel)
+    os.execv(cmd[0], cmd)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from cli import demo
+
+    return demo.run(charges=args.charges, concurrency=args.concurrency)
+
+
+def _in_transaction(fn: Callable[[Any, Any], dict[str, Any]]) -> dict[str, Any]:
+    from billing.db import create_db_engine, session_factory, transaction
+    from billing.settings import get_settings
+
+    settings = get_settings()
+    engine = create_db_engine(settings.effective_database_url(), pool_size=1)
+    try:
+        with transaction(session_factory(engine)) as session:
+            return fn(session, settings)
+    finally:
+        engine.dispose()
+
+
+def _cmd_state(args: argparse.Namespace) -> int:
+    from billing import accounts
+    from billing.validation import UserArgs
+
+    parsed = UserArgs.parse((), {"user_id": args.user_id})
+    result = _in_transaction(lambda session, s: accounts.get_state(session, parsed, s))
+    return _print(result, args.json, _format_state)
+
+
+def _cmd_ledger(args: argparse.Namespace) -> int:
+    from billing import ledger
+    from billing.validation import LedgerArgs
+
+    parsed = LedgerArgs.parse(
+        (), {"user_id": args.user_id, "limit": args.limit, "cursor": args.cursor}
+    )
+    result = _in_transaction(
+        lambda session, s: ledger.get_ledger(session, parsed, enabled=s.ledger_enabled)
+    )
+    return _print(result, args.json, _format_ledger)
+
+
+def _print(result: dict[str, Any], as_json: bool, human: Callable[[dict[str, Any]], str]) -> int:
+    if as_json:
+        print(json.dumps(result, indent=2))
+    elif result["ok"]:
+        print(human(result))
+    else:
+        print(f"error {result['code']} {result['error']}: {result['message']}", file=sys.stderr)
+    return 0 if result["ok"] else 1
+
+
+def _format_state(result: dict[str, Any]) -> str:
+    s = result["state"]
+    sub, free = s["subscription"], s["freemium"]
+    sub_line = (
+        f"{sub['type']} ({'active until ' + sub['ends_at'] if sub['active'] else 'inactive'}), "
+        f"{sub['ops_used']}/{sub['ops_limit']} operations used, {sub['ops_remaining']} left, "
+        f"resets {sub['resets_at']}"
+        if sub["type"]
+        else "none"
+    )
+    return "\n".join(
+        [
+            f"user {s['user_id']} ({s['role']})",
+            f"  subscription: {sub_line}",
+            f"  freemium:     {free['used']}/{free['limit']} actions used, "
+            f"{free['remaining']} left, resets {free['resets_at']}",
+            f"  credits:      {s['credits']['balance']}",
+        ]
+    )
+
+
+def format_ledger_rows(entries: Sequence[dict[str, Any]]) -> list[str]:
+    header = f"{'id':>8}  {'created_at':<25} {'type':<12} {'source':<12} {'operation':<10} "
+    header += f"{'amount':>8} {'balance':>8}  key"
+    lines = [header]
+    for e in entries:
+        lines.append(
+            f"{e['id']:>8}  {e['created_at'][:25]:<25} {e['entry_type']:<12} {e['source']:<12} "
+            f"{e['operation'] or '-':<10} {e['amount']:>8} {e['balance_credits_after']:>8}  "
+            f"{e['idempotency_key']}"
+        )
+    return lines
+
+
+def _format_ledger(result: dict[str, Any]) -> str:
+    lines = format_ledger_rows(result["entries"]) if result["entries"] else ["(no entries)"]
+    if result["next_cursor"]:
+        lines.append(f"more: --cursor {result['next_cursor']}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="billing",
+        description="Async billing processor: exactly-once charges on Celery and PostgreSQL.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("migrate", help="apply the database migrations")
+    p.add_argument("--revision", default="head", help="target revision (default: head)")
+    p.set_defaults(func=_cmd_migrate)
+
+    p = sub.add_parser("worker", help="run a billing worker (production defaults)")
+    p.add_argument("--queue", default=None, help="queue to consume (default: BILLING_QUEUE)")
+    p.add_argument("--concurrency", type=int, default=None, help="processes (default: CPUs)")
+    p.add_argument("--pool", default="prefork", choices=["prefork", "threads", "solo"])
+    p.add_argument("--loglevel", default="INFO")
+    p.set_defaults(func=_cmd_worker)
+
+    p = sub.add_parser("beat", help="run the scheduler; run exactly one per deployment")
+    p.add_argument("--loglevel", default="INFO")
+    p.set_defaults(func=_cmd_beat)
+
+    p = sub.add_parser("demo", help="migrate, start a worker and beat, drive demo charges")
+    p.add_argument("--charges", type=int, default=60, help="charges to send (default: 60)")
+    p.add_argument("--concurrency", type=int, default=2, help="worker processes (default: 2)")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("state", help="show an account's allowances and credits")
+    p.add_argument("user_id", type=int)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_cmd_state)
+
+    p = sub.add_parser("ledger", help="show an account's ledger, newest first")
+    p.add_argument("user_id", type=int)
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--cursor", default=None, help="next_cursor of the previous page")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_cmd_ledger)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except OperationalError as exc:
+        from billing.settings import get_settings
+
+        url = mask_url(get_settings().effective_database_url())
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        print(f"billing: cannot reach the database at {url}: {reason}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
