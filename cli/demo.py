@@ -70,9 +70,9 @@ def run(charges: int = 60, concurrency: int = 2) -> int:
     settings = get_settings()
     started = time.monotonic()
     where = (
-        "embedded default (SQLite under %s)" % settings.data_dir
+        f"embedded default (SQLite under {settings.data_dir})"
         if settings.embedded
-        else ("configured services")
+        else "configured services"
     )
     print(f"billing demo on the {where}")
     print(f"  database: {mask_url(settings.effective_database_url())}")
