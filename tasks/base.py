@@ -30,7 +30,7 @@ RETRYABLE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError
 
 class BillingTask(Task):
     autoretry_for = RETRYABLE
-    retry_backoff = 0.5
+    retry_backoff = 1  # seconds, doubled per retry (Celery wants an int here)
     retry_backoff_max = 30
     retry_jitter = True
     max_retries = get_settings().task_max_retries
