@@ -41,3 +41,15 @@ task_send_sent_event = True
 task_track_started = True
 
 worker_hijack_root_logger = False
+
+# Celery beat: exactly one per deployment; a second one stands by on the beat lock.
+beat_scheduler = "worker.beat:SingleBeatScheduler"
+beat_max_interval = 10
+beat_schedule = {
+    "reset-due-limits": {
+        "task": "billing.reset_due_limits",
+        "schedule": _settings.reset_interval_seconds,
+        # A run still queued when the next is due is dropped: the next one does its work.
+        "options": {"expires": _settings.reset_interval_seconds},
+    },
+}

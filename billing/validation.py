@@ -19,6 +19,10 @@ MAX_COST = 1_000_000
 MAX_META_BYTES = 4096
 MAX_META_DEPTH = 16
 MAX_LEDGER_PAGE = 200
+MAX_GRANT = 100_000_000
+MAX_SUBSCRIPTION_DAYS = 3660
+# Refunds and resets write ledger rows under keys of their own; producers cannot forge them.
+RESERVED_KEY_PREFIX = "billing:"
 
 
 class InvalidRequest(Exception):
@@ -71,17 +75,21 @@ class UserArgs(_Args):
     user_id: int = Field(gt=0, le=MAX_USER_ID)
 
 
-class ChargeArgs(UserArgs):
+class KeyArgs(_Args):
     idempotency_key: str = Field(min_length=1, max_length=MAX_KEY_LENGTH)
-    cost: int | None = Field(default=None, gt=0, le=MAX_COST)
-    meta: dict[str, Any] | None = None
 
     @field_validator("idempotency_key")
     @classmethod
     def _key(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("idempotency_key must not be blank")
+        if value.startswith(RESERVED_KEY_PREFIX):
+            raise ValueError(f"keys starting with {RESERVED_KEY_PREFIX!r} are reserved")
         return _storable_text(value, "idempotency_key")
+
+
+class MetaArgs(_Args):
+    meta: dict[str, Any] | None = None
 
     @field_validator("meta")
     @classmethod
@@ -101,6 +109,32 @@ class ChargeArgs(UserArgs):
         if b"\\u0000" in encoded or b"\x00" in encoded:
             raise ValueError("meta must not contain NUL characters")
         return value
+
+
+class ChargeArgs(MetaArgs, KeyArgs, UserArgs):
+    cost: int | None = Field(default=None, gt=0, le=MAX_COST)
+
+
+class GrantArgs(MetaArgs, KeyArgs, UserArgs):
+    amount: int = Field(gt=0, le=MAX_GRANT)
+
+
+class SubscriptionArgs(KeyArgs, UserArgs):
+    tier: str = Field(min_length=1, max_length=64)
+    days: int = Field(default=30, gt=0, le=MAX_SUBSCRIPTION_DAYS)
+
+
+class RefundArgs(KeyArgs):
+    reason: str | None = Field(default=None, max_length=500)
+
+    @field_validator("reason")
+    @classmethod
+    def _reason(cls, value: str | None) -> str | None:
+        return None if value is None else _storable_text(value, "reason")
+
+
+class AuditArgs(_Args):
+    user_id: int | None = Field(default=None, gt=0, le=MAX_USER_ID)
 
 
 def _depth(value: Any, limit: int = MAX_META_DEPTH + 1) -> int:

@@ -81,6 +81,28 @@ def _cmd_ledger(args: argparse.Namespace) -> int:
     return _print(result, args.json, _format_ledger)
 
 
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from billing import audit
+    from billing.validation import AuditArgs
+
+    parsed = AuditArgs.parse((), {"user_id": args.user_id})
+    result = _in_transaction(lambda session, _s: audit.audit(session, parsed))
+    code = _print(result, args.json, _format_audit)
+    return code if code else (0 if result["clean"] else 1)
+
+
+def _format_audit(result: dict[str, Any]) -> str:
+    lines = [
+        f"checked {result['accounts_checked']} account(s): "
+        + ("clean" if result["clean"] else f"{result['mismatch_count']} mismatch(es)")
+    ]
+    for m in result["mismatches"]:
+        lines.append(
+            f"  user {m['user_id']}: {m['field']} is {m['stored']}, the ledger says {m['ledger']}"
+        )
+    return "\n".join(lines)
+
+
 def _print(result: dict[str, Any], as_json: bool, human: Callable[[dict[str, Any]], str]) -> int:
     if as_json:
         print(json.dumps(result, indent=2))
@@ -170,6 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cursor", default=None, help="next_cursor of the previous page")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_cmd_ledger)
+
+    p = sub.add_parser(
+        "audit", help="check that balances and counters match the ledger (exit 1 if not)"
+    )
+    p.add_argument("user_id", type=int, nargs="?", default=None, help="one account (default: all)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_cmd_audit)
     return parser
 
 

@@ -36,6 +36,9 @@ class LedgerEntry(Base):
         CheckConstraint("amount >= 0", name="amount_non_negative"),
         # "A user's history, newest first" is a keyset scan of this index.
         Index("ix_credits_ledger_user_id_id", "user_id", "id"),
+        CheckConstraint(
+            "(entry_type = 'refund') = (refund_of_id IS NOT NULL)", name="refund_links_its_charge"
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, Identity(always=False), primary_key=True)
@@ -46,11 +49,15 @@ class LedgerEntry(Base):
     source: Mapped[LedgerSource] = mapped_column(ledger_source_enum, nullable=False)
     operation: Mapped[Operation | None] = mapped_column(ledger_operation_enum)
     amount: Mapped[int] = mapped_column(Integer, nullable=False)
-    idempotency_key: Mapped[str] = mapped_column(String(255), nullable=False, unique=True)
+    idempotency_key: Mapped[str] = mapped_column(String(320), nullable=False, unique=True)
     balance_credits_after: Mapped[int] = mapped_column(Integer, nullable=False)
     subscription_ops_used_after: Mapped[int] = mapped_column(Integer, nullable=False)
     freemium_actions_used_after: Mapped[int] = mapped_column(Integer, nullable=False)
     meta: Mapped[dict[str, Any] | None] = mapped_column()
+    # A refund points at the charge it reverses; unique, so a charge is refunded at most once.
+    refund_of_id: Mapped[int | None] = mapped_column(
+        BigId, ForeignKey("credits_ledger.id", ondelete="RESTRICT"), unique=True
+    )
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()
     )

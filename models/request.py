@@ -19,9 +19,9 @@ class BillingRequest(Base):
 
     __tablename__ = "billing_requests"
 
-    idempotency_key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    idempotency_key: Mapped[str] = mapped_column(String(320), primary_key=True)
     user_id: Mapped[int] = mapped_column(BigId, nullable=False)
-    operation: Mapped[str] = mapped_column(String(32), nullable=False)
+    operation: Mapped[str] = mapped_column(String(96), nullable=False)
     # The effective cost; with user_id and operation it is what a repeat must match.
     cost: Mapped[int | None] = mapped_column(Integer)
     response: Mapped[dict[str, Any]] = mapped_column(nullable=False)

@@ -10,11 +10,12 @@ from typing import Any, TypeVar
 
 from celery import Task
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from billing import results
 from billing.db import transaction
-from billing.idempotency import KeyRaced
+from billing.dml import KeyRaced
+from billing.idempotency import Refused
 from billing.settings import Settings, get_settings
 from billing.validation import InvalidRequest, _Args
 from worker.db import get_session_factory
@@ -60,10 +61,32 @@ class BillingTask(Task):
         self._log(outcome, kwargs, started)
         return outcome
 
+    def execute_batched(
+        self,
+        parser: type[A],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        handler: Callable[[sessionmaker[Session], A, Settings], dict[str, Any]],
+    ) -> results.Result:
+        """For set-based jobs that commit batch by batch: the handler gets the session
+        factory and opens one short transaction per batch."""
+        started = time.perf_counter()
+        try:
+            parsed = parser.parse(args, kwargs)
+        except InvalidRequest as exc:
+            outcome = exc.result()
+        else:
+            outcome = results.success(**handler(get_session_factory(), parsed, get_settings()))
+        self._log(outcome, kwargs, started)
+        return outcome
+
     @staticmethod
     def _in_transaction(fn: Callable[[Session], results.Result]) -> results.Result:
-        with transaction(get_session_factory()) as session:
-            return fn(session)
+        try:
+            with transaction(get_session_factory()) as session:
+                return fn(session)
+        except Refused as refused:  # rolled back: nothing written, the key stays free
+            return refused.result
 
     def _log(self, outcome: results.Result, kwargs: dict[str, Any], started: float) -> None:
         # One line per outcome, never the meta contents: they may hold payment references.
@@ -78,6 +101,7 @@ class BillingTask(Task):
             "code": outcome.get("code"),
             "error": outcome.get("error"),
             "replayed": outcome.get("replayed"),
+            "reset": outcome.get("reset"),
             "duration_ms": round((time.perf_counter() - started) * 1000, 2),
         }
         logger.info(json.dumps(line, default=str))

@@ -105,6 +105,32 @@ class Worker:
     def ledger(self, user_id: int, **kwargs: Any) -> dict[str, Any]:
         return self.call("billing.get_ledger", user_id=user_id, **kwargs)
 
+    def grant(self, user_id: int, amount: int, key: str, **kwargs: Any) -> dict[str, Any]:
+        return self.call(
+            "billing.grant_credits", user_id=user_id, amount=amount, idempotency_key=key, **kwargs
+        )
+
+    def subscribe(self, user_id: int, tier: str, key: str, **kwargs: Any) -> dict[str, Any]:
+        return self.call(
+            "billing.activate_subscription",
+            user_id=user_id,
+            tier=tier,
+            idempotency_key=key,
+            **kwargs,
+        )
+
+    def refund(self, key: str, **kwargs: Any) -> dict[str, Any]:
+        return self.call("billing.refund", idempotency_key=key, **kwargs)
+
+    def reset_due_limits(self) -> dict[str, Any]:
+        return self.call("billing.reset_due_limits")
+
+    def sync_tier_limits(self) -> dict[str, Any]:
+        return self.call("billing.sync_tier_limits")
+
+    def audit(self, user_id: int | None = None) -> dict[str, Any]:
+        return self.call("billing.audit", user_id=user_id)
+
 
 @pytest.fixture
 def worker(celery_worker: Any, engine: Engine) -> Worker:
@@ -203,6 +229,25 @@ def ledger_rows(engine: Engine, user_id: int | None = None) -> list[Any]:
         params["uid"] = user_id
     with engine.connect() as conn:
         return list(conn.execute(text(query + " ORDER BY id"), params))
+
+
+def shift_clock(engine: Engine, days: float, user_ids: list[int] | None = None) -> None:
+    """Move the accounts' stored times back by ``days``: for them, as if ``days`` had passed."""
+    where_user = "" if user_ids is None else "WHERE id = ANY(:ids)"
+    where_ledger = "" if user_ids is None else "WHERE user_id = ANY(:ids)"
+    params = {"d": timedelta(days=days), "ids": user_ids}
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE users SET freemium_reset_at = freemium_reset_at - :d,"
+                " subscription_ops_reset_at = subscription_ops_reset_at - :d,"
+                f" subscription_end = subscription_end - :d {where_user}"
+            ),
+            params,
+        )
+        conn.execute(
+            text(f"UPDATE credits_ledger SET created_at = created_at - :d {where_ledger}"), params
+        )
 
 
 def count_rows(engine: Engine, table: str) -> int:

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy.orm import Session
 
 from billing import charges
-from billing.idempotency import KeyRaced
+from billing.dml import KeyRaced
 from billing.settings import get_settings
 from billing.validation import ChargeArgs
 from models import Operation

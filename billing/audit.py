@@ -1,0 +1,92 @@
+"""The ledger explains every account: balances and counters are the sum of their movements.
+
+- credits: ``balance_credits`` = grants - credit charges + credit refunds, over all time;
+- each allowance: ``*_used`` = its charges - its refunds since the current period began
+  (``*_reset_at``). A charge belongs to the period it was taken in; a reset moves the period
+  start past every charge of the period before, and a refund returns an allowance only
+  while its charge's period is current, so both sides of the sum move together.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from billing import results
+from billing.validation import AuditArgs
+
+MAX_REPORTED = 1000
+
+_AUDIT_SQL = """
+WITH movements AS (
+    SELECT l.user_id,
+           sum(CASE WHEN l.source = 'credits' THEN
+                   CASE l.entry_type WHEN 'grant' THEN l.amount WHEN 'refund' THEN l.amount
+                                     WHEN 'charge' THEN -l.amount ELSE 0 END
+               ELSE 0 END) AS credits,
+           sum(CASE WHEN l.source = 'subscription' AND l.created_at >= u.subscription_ops_reset_at
+                    THEN CASE l.entry_type WHEN 'charge' THEN l.amount
+                                           WHEN 'refund' THEN -l.amount ELSE 0 END
+               ELSE 0 END) AS subscription_ops,
+           sum(CASE WHEN l.source = 'freemium' AND l.created_at >= u.freemium_reset_at
+                    THEN CASE l.entry_type WHEN 'charge' THEN l.amount
+                                           WHEN 'refund' THEN -l.amount ELSE 0 END
+               ELSE 0 END) AS freemium_actions
+    FROM credits_ledger AS l
+    JOIN users AS u ON u.id = l.user_id
+    {ledger_filter}
+    GROUP BY l.user_id
+)
+SELECT u.id AS user_id,
+       u.balance_credits, coalesce(m.credits, 0) AS expected_balance,
+       u.subscription_ops_used, coalesce(m.subscription_ops, 0) AS expected_ops,
+       u.freemium_actions_used, coalesce(m.freemium_actions, 0) AS expected_actions
+FROM users AS u
+LEFT JOIN movements AS m ON m.user_id = u.id
+{user_filter}
+ORDER BY u.id
+"""
+
+CHECKS = (
+    ("balance_credits", "expected_balance"),
+    ("subscription_ops_used", "expected_ops"),
+    ("freemium_actions_used", "expected_actions"),
+)
+
+
+def audit(session: Session, args: AuditArgs) -> results.Result:
+    """Check one account (``user_id``) or all of them; report every mismatch."""
+    params: dict[str, Any] = {}
+    ledger_filter = user_filter = ""
+    if args.user_id is not None:
+        ledger_filter, user_filter = "WHERE l.user_id = :uid", "WHERE u.id = :uid"
+        params["uid"] = args.user_id
+    sql = _AUDIT_SQL.format(ledger_filter=ledger_filter, user_filter=user_filter)
+    checked = 0
+    mismatches: list[dict[str, Any]] = []
+    total = 0
+    for row in session.execute(text(sql), params):
+        checked += 1
+        for actual_col, expected_col in CHECKS:
+            actual, expected = getattr(row, actual_col), getattr(row, expected_col)
+            if actual != expected:
+                total += 1
+                if len(mismatches) < MAX_REPORTED:
+                    mismatches.append(
+                        {
+                            "user_id": row.user_id,
+                            "field": actual_col,
+                            "stored": actual,
+                            "ledger": int(expected),
+                        }
+                    )
+    if args.user_id is not None and checked == 0:
+        return results.user_not_found(args.user_id)
+    return results.success(
+        clean=total == 0,
+        accounts_checked=checked,
+        mismatch_count=total,
+        mismatches=mismatches,
+    )

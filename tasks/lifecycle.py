@@ -1,0 +1,89 @@
+"""Account lifecycle tasks: top-ups, subscriptions, refunds, resets, tier sync and audit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from billing import audit, grants, refunds, resets, results, subscriptions, tiers
+from billing.validation import AuditArgs, GrantArgs, RefundArgs, SubscriptionArgs, _Args
+from tasks import names
+from tasks.base import BillingTask
+from worker.app import app
+
+
+class NoArgs(_Args):
+    """Periodic jobs take no arguments."""
+
+
+@app.task(bind=True, base=BillingTask, name=names.GRANT_CREDITS)
+def grant_credits(
+    self: BillingTask,
+    *args: Any,
+    user_id: Any = None,
+    amount: Any = None,
+    idempotency_key: Any = None,
+    meta: Any = None,
+    **unknown: Any,
+) -> results.Result:
+    kwargs = {"user_id": user_id, "amount": amount, "idempotency_key": idempotency_key}
+    return self.execute(GrantArgs, args, {**kwargs, "meta": meta, **unknown}, grants.grant_credits)
+
+
+@app.task(bind=True, base=BillingTask, name=names.ACTIVATE_SUBSCRIPTION)
+def activate_subscription(
+    self: BillingTask,
+    *args: Any,
+    user_id: Any = None,
+    tier: Any = None,
+    idempotency_key: Any = None,
+    days: Any = None,
+    **unknown: Any,
+) -> results.Result:
+    kwargs = {"user_id": user_id, "tier": tier, "idempotency_key": idempotency_key, "days": days}
+    return self.execute(
+        SubscriptionArgs, args, {**kwargs, **unknown}, subscriptions.activate_subscription
+    )
+
+
+@app.task(bind=True, base=BillingTask, name=names.REFUND)
+def refund(
+    self: BillingTask,
+    *args: Any,
+    idempotency_key: Any = None,
+    reason: Any = None,
+    **unknown: Any,
+) -> results.Result:
+    kwargs = {"idempotency_key": idempotency_key, "reason": reason, **unknown}
+    return self.execute(RefundArgs, args, kwargs, refunds.refund)
+
+
+@app.task(bind=True, base=BillingTask, name=names.AUDIT)
+def audit_accounts(
+    self: BillingTask, *args: Any, user_id: Any = None, **unknown: Any
+) -> results.Result:
+    return self.execute(
+        AuditArgs,
+        args,
+        {"user_id": user_id, **unknown},
+        lambda session, parsed, _settings: audit.audit(session, parsed),
+    )
+
+
+@app.task(bind=True, base=BillingTask, name=names.RESET_DUE_LIMITS)
+def reset_due_limits(self: BillingTask, *args: Any, **unknown: Any) -> results.Result:
+    return self.execute_batched(
+        NoArgs,
+        args,
+        unknown,
+        lambda factory, _parsed, settings: resets.reset_due_limits(factory, settings),
+    )
+
+
+@app.task(bind=True, base=BillingTask, name=names.SYNC_TIER_LIMITS)
+def sync_tier_limits(self: BillingTask, *args: Any, **unknown: Any) -> results.Result:
+    return self.execute_batched(
+        NoArgs,
+        args,
+        unknown,
+        lambda factory, _parsed, settings: tiers.sync_tier_limits(factory, settings),
+    )

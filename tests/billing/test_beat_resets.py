@@ -1,0 +1,159 @@
+"""billing.reset_due_limits from Celery beat: set-based, idempotent, safe beside charges."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from datetime import timedelta
+
+from sqlalchemy import text
+
+from billing.rules import as_utc
+from billing.settings import get_settings
+from tests.conftest import RESULT_TIMEOUT, days_ago, ledger_rows
+from tests.procs import celery_worker_process
+from worker import app
+
+
+def _bulk_due_accounts(engine, count: int, anchor, first_id: int = 100_000) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO users (id, freemium_actions_used, freemium_reset_at,"
+                " subscription_ops_used, subscription_ops_reset_at)"
+                " SELECT g, 1 + g % 3, :anchor, 0, :anchor"
+                " FROM generate_series(:a, :b) AS g"
+            ),
+            {"a": first_id, "b": first_id + count - 1, "anchor": anchor},
+        )
+
+
+def test_reset_resets_only_due_accounts_and_keeps_their_anchor(worker, accounts, engine):
+    anchor = days_ago(65)
+    due = [accounts.create(freemium_actions_used=n, freemium_reset_at=anchor) for n in (0, 2, 5)]
+    due_sub = accounts.subscriber(subscription_ops_used=40, subscription_ops_reset_at=anchor)
+    fresh = accounts.create(freemium_actions_used=3, freemium_reset_at=days_ago(10))
+
+    first = worker.reset_due_limits()
+    second = worker.reset_due_limits()
+
+    assert (first["ok"], first["reset"]) == (True, 4)
+    assert second["reset"] == 0
+    for user in due:
+        row = accounts.get(user)
+        assert row.freemium_actions_used == 0
+        assert as_utc(row.freemium_reset_at) == anchor + timedelta(days=60)
+    sub = accounts.get(due_sub)
+    assert (sub.subscription_ops_used, sub.freemium_actions_used) == (0, 0)
+    assert accounts.get(fresh).freemium_actions_used == 3
+    # One audit row per allowance that gave something back, saying what and when.
+    restored = [
+        (r.user_id, r.source, r.amount) for r in ledger_rows(engine) if r.entry_type == "reset"
+    ]
+    assert sorted(restored) == sorted(
+        [(due[1], "freemium", 2), (due[2], "freemium", 5), (due_sub, "subscription", 40)]
+    )
+
+
+def test_two_reset_runs_at_once_reset_each_account_once(worker, engine):
+    anchor = days_ago(31)
+    _bulk_due_accounts(engine, 5000, anchor)
+
+    runs = [app.send_task("billing.reset_due_limits") for _ in range(2)]
+    results = [r.get(timeout=RESULT_TIMEOUT * 4) for r in runs]
+
+    assert sum(r["reset"] for r in results) == 5000
+    with engine.connect() as conn:
+        zeroed, moved = conn.execute(
+            text(
+                "SELECT count(*) FILTER (WHERE freemium_actions_used = 0),"
+                " count(*) FILTER (WHERE freemium_reset_at = :moved"
+                "   AND subscription_ops_reset_at = :moved)"
+                " FROM users"
+            ),
+            {"moved": anchor + timedelta(days=30)},
+        ).one()
+        recorded, accounts_recorded = conn.execute(
+            text(
+                "SELECT count(*), count(DISTINCT user_id) FROM credits_ledger"
+                " WHERE entry_type = 'reset'"
+            )
+        ).one()
+    assert (zeroed, moved) == (5000, 5000)
+    assert (recorded, accounts_recorded) == (5000, 5000)
+
+
+def test_reset_racing_100_concurrent_charges_loses_nothing(worker, accounts, engine):
+    limit = get_settings().freemium_limit
+    cost = get_settings().generation_cost
+    anchor = days_ago(31)
+    users = [
+        accounts.create(freemium_actions_used=limit, freemium_reset_at=anchor) for _ in range(10)
+    ]
+    for user in users:
+        worker.grant(user, 3 * cost, f"fund-{user}")
+
+    queue = "billing-reset-race"
+    with celery_worker_process(queue, concurrency=4):
+        pending = []
+        for i in range(100):
+            pending.append(
+                app.send_task(
+                    "billing.charge_generation",
+                    kwargs={"user_id": users[i % 10], "idempotency_key": f"race-{i}"},
+                    queue=queue,
+                )
+            )
+            if i % 20 == 0:
+                pending.append(app.send_task("billing.reset_due_limits", queue=queue))
+        outcomes = [p.get(timeout=RESULT_TIMEOUT * 4) for p in pending]
+
+    charges = [o for o in outcomes if "reset" not in o]
+    assert [o["code"] for o in charges].count(200) == 10 * (limit + 3)
+    assert [o["code"] for o in charges].count(402) == 100 - 10 * (limit + 3)
+    for user in users:
+        row = accounts.get(user)
+        assert as_utc(row.freemium_reset_at) == anchor + timedelta(days=30)
+        assert (row.freemium_actions_used, row.balance_credits) == (limit, 0)
+        resets = [r for r in ledger_rows(engine, user) if r.entry_type == "reset"]
+        assert [(r.source, r.amount) for r in resets] == [("freemium", limit)]
+    assert worker.audit()["clean"] is True
+
+
+def test_a_real_beat_fires_the_reset_and_a_second_beat_stands_by(worker, accounts, tmp_path):
+    user = accounts.create(freemium_actions_used=4, freemium_reset_at=days_ago(31))
+    env_cmd = [sys.executable, "-m", "celery", "-A", "worker", "beat", "-l", "INFO"]
+
+    def beat(name: str) -> subprocess.Popen:
+        log = open(tmp_path / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        return subprocess.Popen(
+            [*env_cmd, "--schedule", str(tmp_path / f"{name}-schedule")],
+            env={**os.environ, "BILLING_RESET_INTERVAL_SECONDS": "1"},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    first = beat("first")
+    second = None
+    try:
+        deadline = time.monotonic() + 60
+        while accounts.get(user).freemium_actions_used and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert accounts.get(user).freemium_actions_used == 0
+        second = beat("second")
+        deadline = time.monotonic() + 60
+        while "standing by" not in (tmp_path / "second.log").read_text() and (
+            time.monotonic() < deadline
+        ):
+            time.sleep(0.2)
+        assert (
+            "another beat holds the beat lock; standing by" in (tmp_path / "second.log").read_text()
+        )
+        assert "Sending due task" not in (tmp_path / "second.log").read_text()
+    finally:
+        for proc in (first, second):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(timeout=30)
