@@ -102,3 +102,13 @@ def test_subscription_is_exactly_once_per_key(worker, accounts, engine):
         days=30
     )
     assert len(ledger_rows(engine, user)) == 1
+
+
+def test_tier_change_for_fewer_days_than_are_left_keeps_the_later_end(worker, accounts):
+    user = accounts.subscriber(subscription_end=datetime.now(UTC) + timedelta(days=40))
+    before = accounts.get(user)
+
+    result = worker.subscribe(user, "basic", "sub-down", days=10)
+
+    assert result["change"] == "tier_change"
+    assert as_utc(accounts.get(user).subscription_end) == as_utc(before.subscription_end)

@@ -1,0 +1,296 @@
+"""Random sequences of every operation, checked step by step against a reference model.
+
+The model is the contract in a few lines of Python; the system under test is the real worker,
+PostgreSQL and Redis. Time moves by shifting the accounts' stored timestamps back, which for
+them is the same as the clock moving forward.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from tests import db
+from tests.conftest import shift_clock
+
+PERIOD = 30
+FREEMIUM = 2
+TIERS = {"basic": 2, "standard": 4}
+ALIASES = {"pro": "standard"}
+COSTS = {"generation": 10, "assistant": 2}
+USERS = (501, 502, 503)  # 503 is an admin
+
+
+@dataclass
+class Account:
+    admin: bool = False
+    balance: int = 0
+    sub_type: str | None = None
+    sub_end: float | None = None
+    sub_limit: int = 0
+    sub_used: int = 0
+    sub_reset: float = 0.0
+    free_used: int = 0
+    free_reset: float = 0.0
+
+    def refresh(self, t: float) -> None:
+        if t - self.free_reset >= PERIOD:
+            self.free_reset += math.floor((t - self.free_reset) / PERIOD) * PERIOD
+            self.free_used = 0
+        if t - self.sub_reset >= PERIOD:
+            self.sub_reset += math.floor((t - self.sub_reset) / PERIOD) * PERIOD
+            self.sub_used = 0
+
+    def active(self, t: float) -> bool:
+        return self.sub_type is not None and self.sub_end is not None and self.sub_end > t
+
+
+@dataclass
+class Model:
+    t: float = 0.0
+    accounts: dict[int, Account] = field(
+        default_factory=lambda: {u: Account(admin=(u == USERS[-1])) for u in USERS}
+    )
+    requests: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = field(default_factory=dict)
+    charges: dict[str, dict[str, Any]] = field(default_factory=dict)
+    refunded: set[str] = field(default_factory=set)
+
+    def keyed(self, key: str, user: int, fingerprint: tuple[Any, ...], body) -> dict[str, Any]:
+        self.accounts[user].refresh(self.t)
+        if key in self.requests:
+            stored_fp, outcome = self.requests[key]
+            if stored_fp != fingerprint:
+                return {"code": 409}
+            return {**outcome, "replayed": True}
+        outcome = {**body(self.accounts[user]), "replayed": False}
+        self.requests[key] = (fingerprint, outcome)
+        return outcome
+
+    def charge(self, op: str, user: int, key: str, cost: int | None) -> dict[str, Any]:
+        effective = cost if cost is not None else COSTS[op]
+
+        def pay(acc: Account) -> dict[str, Any]:
+            if acc.admin:
+                source, amount = "admin", 0
+            elif op == "generation" and acc.active(self.t) and acc.sub_used < acc.sub_limit:
+                acc.sub_used += 1
+                source, amount = "subscription", 1
+            elif op == "generation" and acc.free_used < FREEMIUM:
+                acc.free_used += 1
+                source, amount = "freemium", 1
+            elif acc.balance >= effective:
+                acc.balance -= effective
+                source, amount = "credits", effective
+            else:
+                return {"code": 402}
+            self.charges[key] = {"user": user, "source": source, "amount": amount, "t": self.t}
+            return {"code": 200, "source": source, "amount": amount}
+
+        return self.keyed(key, user, (user, op, effective), pay)
+
+    def grant(self, user: int, amount: int, key: str) -> dict[str, Any]:
+        def top_up(acc: Account) -> dict[str, Any]:
+            acc.balance += amount
+            return {"code": 200, "amount": amount}
+
+        return self.keyed(key, user, (user, "grant", amount), top_up)
+
+    def subscribe(self, user: int, tier: str, days: int, key: str) -> dict[str, Any]:
+        canonical = ALIASES.get(tier, tier)
+
+        def activate(acc: Account) -> dict[str, Any]:
+            if not acc.active(self.t):
+                change = "new"
+                acc.sub_end, acc.sub_used, acc.sub_reset = self.t + days, 0, self.t
+            elif acc.sub_type == canonical:
+                change = "renewal"
+                acc.sub_end += days
+            else:
+                change = "tier_change"
+                acc.sub_end = max(acc.sub_end, self.t + days)
+            acc.sub_type, acc.sub_limit = canonical, TIERS[canonical]
+            return {"code": 200, "change": change}
+
+        return self.keyed(key, user, (user, f"subscription:{canonical}", days), activate)
+
+    def refund(self, key: str) -> dict[str, Any]:
+        charge = self.charges.get(key)
+        if charge is None:
+            return {"code": 404}
+        acc = self.accounts[charge["user"]]
+        acc.refresh(self.t)
+        if key in self.refunded:
+            return {"code": 200, "replayed": True}
+        self.refunded.add(key)
+        amount = charge["amount"]
+        if charge["source"] == "credits":
+            acc.balance += amount
+        elif charge["source"] in ("subscription", "freemium"):
+            used, reset = (
+                ("sub_used", acc.sub_reset)
+                if charge["source"] == "subscription"
+                else ("free_used", acc.free_reset)
+            )
+            amount = min(amount, getattr(acc, used)) if charge["t"] >= reset else 0
+            setattr(acc, used, getattr(acc, used) - amount)
+        return {"code": 200, "amount": amount, "replayed": False}
+
+    def reset_all(self) -> None:
+        for acc in self.accounts.values():
+            acc.refresh(self.t)
+
+
+keys = st.integers(min_value=0, max_value=8).map(lambda n: f"k{n}")
+users = st.sampled_from([501, 501, 502, 502, 503])  # the admin less often
+costs = st.one_of(st.none(), st.integers(min_value=1, max_value=15))
+generation = st.tuples(st.just("generation"), users, keys, costs)
+refund = st.tuples(st.just("refund"), keys)
+advance = st.tuples(st.just("advance"), st.sampled_from([1, 7, 15, 29, 31, 45]))
+# Repeated entries weight the draw towards charges, refunds and the passing of time, which
+# is where the rules interact (refunds across periods, expiring subscriptions).
+operations = st.one_of(
+    generation,
+    generation,
+    generation,
+    st.tuples(st.just("assistant"), users, keys, costs),
+    st.tuples(st.just("grant"), users, keys, st.integers(min_value=1, max_value=40)),
+    st.tuples(
+        st.just("subscribe"),
+        users,
+        keys,
+        st.sampled_from(["basic", "standard", "pro"]),
+        st.sampled_from([10, 30, 45]),
+    ),
+    refund,
+    refund,
+    advance,
+    advance,
+    st.tuples(st.just("reset")),
+    st.tuples(st.just("state"), users),
+)
+
+
+def _check_account(worker, accounts, model: Model, user: int) -> None:
+    acc = model.accounts[user]
+    row = accounts.get(user)
+    assert row.balance_credits == acc.balance
+    assert row.subscription_ops_used == acc.sub_used
+    assert row.freemium_actions_used == acc.free_used
+    assert row.subscription_type == acc.sub_type
+    if acc.sub_type is not None:
+        assert row.subscription_ops_limit == acc.sub_limit
+    assert row.balance_credits >= 0
+
+
+# Seeds for the search: sequences where the rules interact, then random ones.
+SEEDS = [
+    # A refund of an action from an ended period must not free an action of the new one.
+    [
+        ("generation", 501, "k1", None),
+        ("advance", 31),
+        ("generation", 501, "k2", None),
+        ("refund", "k1"),
+    ],
+    # A tier change for fewer days than are left keeps the later end.
+    [
+        ("subscribe", 501, "k1", "standard", 45),
+        ("subscribe", 501, "k2", "basic", 10),
+        ("advance", 29),
+        ("generation", 501, "k3", None),
+        ("state", 501),
+    ],
+    # Expiry, renewal after expiry, replays and conflicts of one key.
+    [
+        ("grant", 502, "k1", 30),
+        ("subscribe", 502, "k2", "pro", 10),
+        ("advance", 15),
+        ("generation", 502, "k3", 5),
+        ("generation", 502, "k3", 5),
+        ("generation", 502, "k3", 6),
+        ("subscribe", 502, "k4", "standard", 10),
+        ("reset",),
+        ("refund", "k3"),
+        ("refund", "k3"),
+    ],
+    # An admin is charged nothing, and a refund of it returns nothing.
+    [("generation", 503, "k1", None), ("assistant", 503, "k2", 15), ("refund", "k2")],
+]
+
+
+def _seeded(test):
+    for seed in SEEDS:
+        test = example(steps=seed)(test)
+    return test
+
+
+@settings(
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@_seeded
+@given(steps=st.lists(operations, min_size=5, max_size=30))
+def test_random_sequences_agree_with_the_model(worker, accounts, engine, settings_env, steps):
+    settings_env(
+        freemium_limit=str(FREEMIUM),
+        tiers='{"basic": 2, "standard": 4}',
+        tier_aliases='{"pro": "standard"}',
+        generation_cost=str(COSTS["generation"]),
+        assistant_cost=str(COSTS["assistant"]),
+    )
+    db.truncate_all(engine)
+    for user in USERS:
+        accounts.create(id=user, role="admin" if user == USERS[-1] else "user")
+    model = Model()
+
+    for step in steps:
+        kind, *args = step
+        touched: list[int] = []
+        if kind in ("generation", "assistant"):
+            user, key, cost = args
+            kwargs = {"cost": cost} if cost is not None else {}
+            send = worker.charge_generation if kind == "generation" else worker.charge_assistant
+            got, want = send(user, key, **kwargs), model.charge(kind, user, key, cost)
+            touched = [user]
+        elif kind == "grant":
+            user, key, amount = args
+            got, want = worker.grant(user, amount, key), model.grant(user, amount, key)
+            touched = [user]
+        elif kind == "subscribe":
+            user, key, tier, days = args
+            got = worker.subscribe(user, tier, key, days=days)
+            want = model.subscribe(user, tier, days, key)
+            touched = [user]
+        elif kind == "refund":
+            (key,) = args
+            got, want = worker.refund(key), model.refund(key)
+            touched = list(USERS)
+        elif kind == "advance":
+            shift_clock(engine, args[0])
+            model.t += args[0]
+            continue
+        elif kind == "reset":
+            worker.reset_due_limits()
+            model.reset_all()
+            touched = list(USERS)
+            got = want = {}
+        else:
+            (user,) = args
+            state = worker.state(user)["state"]
+            model.accounts[user].refresh(model.t)
+            acc = model.accounts[user]
+            assert state["subscription"]["active"] == acc.active(model.t)
+            assert state["freemium"]["remaining"] == max(FREEMIUM - acc.free_used, 0)
+            touched = [user]
+            got = want = {}
+
+        for name, value in want.items():
+            assert got.get(name) == value, (step, name, got, want)
+        for user in touched:
+            _check_account(worker, accounts, model, user)
+        audit = worker.audit()
+        assert audit["clean"], (step, audit["mismatches"])
