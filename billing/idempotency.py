@@ -1,6 +1,5 @@
 """The first outcome of an idempotency key is final; this module keeps and replays it."""
 
-
 from __future__ import annotations
 
 from collections.abc import Callable

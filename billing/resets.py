@@ -9,6 +9,7 @@ can only write it once.
 from __future__ import annotations
 
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -127,9 +128,10 @@ def reset_due_limits(
     Each batch is its own short transaction, so no account's row stays locked for longer
     than one batch takes; it takes a session factory rather than a session for that reason.
     """
-    totals = {"reset": 0, "recorded": 0, "batches": 0}
+    totals = {"reset": 0, "recorded": 0, "batches": 0, "slowest_batch_ms": 0.0}
     after = 0
     while True:
+        started = time.perf_counter()
         with transaction(factory) as session:
             if session.get_bind().dialect.name != "postgresql":
                 return _reset_embedded(session, settings, totals)
@@ -142,6 +144,9 @@ def reset_due_limits(
                     "prefix": f"{RESERVED_KEY_PREFIX}reset:",
                 },
             ).one()
+        # The batch's row locks are held from its statement until this commit.
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        totals["slowest_batch_ms"] = round(max(totals["slowest_batch_ms"], elapsed_ms), 1)
         totals["batches"] += 1
         totals["reset"] += row.reset
         totals["recorded"] += row.recorded
