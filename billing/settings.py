@@ -37,6 +37,20 @@ class Settings(BaseSettings):
     # Must exceed the longest task plus all its retries, or Redis redelivers a running task.
     visibility_timeout: int = Field(default=3600, gt=0)
     reset_interval_seconds: float = Field(default=900.0, gt=0)
+    # "user:password[,user:password]" for Flower's basic auth; a secret, never logged.
+    flower_basic_auth: str | None = Field(default=None, repr=False)
+
+    @field_validator("flower_basic_auth")
+    @classmethod
+    def _credentials(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not all(
+            user and password
+            for user, _, password in (pair.partition(":") for pair in value.split(","))
+        ):
+            raise ValueError("BILLING_FLOWER_BASIC_AUTH must be user:password[,user:password]")
+        return value
 
     @field_validator("tiers")
     @classmethod

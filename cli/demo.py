@@ -60,6 +60,10 @@ def _accounts(run: int) -> dict[str, dict[str, Any]]:
 
 
 def _progress(done: int, total: int) -> None:
+    if not sys.stdout.isatty():  # a log file gets the count once, not a redrawn bar
+        if done == total:
+            print(f"  {done}/{total} charges answered", end="")
+        return
     width = 30
     filled = width * done // total
     sys.stdout.write(f"\r  [{'#' * filled}{'.' * (width - filled)}] {done}/{total} charges")
@@ -78,6 +82,9 @@ def run(charges: int = 60, concurrency: int = 2) -> int:
     print(f"  database: {mask_url(settings.effective_database_url())}")
     print(f"  broker:   {mask_url(settings.effective_broker_url())}")
 
+    from worker import app  # the app reads the settings; import after they are final
+
+    processes.check_broker(app)
     db_url = settings.effective_database_url()
     migrate.upgrade(db_url)
     print("  migrated to head")
@@ -92,8 +99,6 @@ def run(charges: int = 60, concurrency: int = 2) -> int:
     finally:
         engine.dispose()
     print(f"  created {len(accounts)} demo accounts (ids from {DEMO_ID_BASE + run_id * 100})")
-
-    from worker import app  # the app reads the settings; import after they are final
 
     log = settings.data_dir.resolve() / "demo.log"
     log.parent.mkdir(parents=True, exist_ok=True)

@@ -9,9 +9,12 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 
 from billing.db import mask_url
+from billing.validation import InvalidRequest
+from cli.processes import BrokerUnreachable
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
@@ -40,6 +43,53 @@ def _cmd_beat(args: argparse.Namespace) -> int:
     os.execv(cmd[0], cmd)
 
 
+def _cmd_flower(args: argparse.Namespace) -> int:
+    from billing.settings import get_settings
+
+    credentials = get_settings().flower_basic_auth
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_")}
+    if credentials:
+        # Through the environment, so the password is not on the command line for `ps` to show.
+        env["FLOWER_BASIC_AUTH"] = credentials
+    elif args.insecure_no_auth:
+        env["FLOWER_UNAUTHENTICATED_API"] = "true"
+        print("billing: WARNING: Flower runs without authentication", file=sys.stderr)
+    else:
+        print(
+            "billing: refusing to start Flower without authentication: set "
+            "BILLING_FLOWER_BASIC_AUTH=user:password (or pass --insecure-no-auth)",
+            file=sys.stderr,
+        )
+        return 2
+    cmd = [
+        sys.executable, "-m", "celery", "-A", "worker", "flower",
+        f"--address={args.address}", f"--port={args.port}",
+        # Read-only: nobody can enqueue, revoke or control anything through Flower.
+        "--read_only=True",
+    ]  # fmt: skip
+    os.execve(cmd[0], cmd, env)
+
+
+def _cmd_grant(args: argparse.Namespace) -> int:
+    from billing import grants
+    from billing.validation import GrantArgs
+
+    parsed = GrantArgs.parse(
+        (), {"user_id": args.user_id, "amount": args.amount, "idempotency_key": args.key}
+    )
+
+    result = _in_transaction(lambda session, s: grants.grant_credits(session, parsed, s))
+    return _print(result, args.json, _format_movement)
+
+
+def _format_movement(result: dict[str, Any]) -> str:
+    what = "replayed: " if result.get("replayed") else ""
+    return (
+        f"{what}{result['amount']} {result['source']} (ledger entry {result['ledger_id']})\n"
+        + _format_state(result)
+    )
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from cli import demo
 
@@ -48,6 +98,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _in_transaction(fn: Callable[[Any, Any], dict[str, Any]]) -> dict[str, Any]:
     from billing.db import create_db_engine, session_factory, transaction
+    from billing.idempotency import Refused
     from billing.settings import get_settings
 
     settings = get_settings()
@@ -55,6 +106,8 @@ def _in_transaction(fn: Callable[[Any, Any], dict[str, Any]]) -> dict[str, Any]:
     try:
         with transaction(session_factory(engine)) as session:
             return fn(session, settings)
+    except Refused as refused:  # rolled back, as the task would
+        return refused.result
     finally:
         engine.dispose()
 
@@ -176,6 +229,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loglevel", default="INFO")
     p.set_defaults(func=_cmd_beat)
 
+    p = sub.add_parser("flower", help="run Flower: read-only, basic auth, on 127.0.0.1")
+    p.add_argument("--address", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=5555)
+    p.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="run without BILLING_FLOWER_BASIC_AUTH (anyone who reaches the port sees everything)",
+    )
+    p.set_defaults(func=_cmd_flower)
+
+    p = sub.add_parser("grant", help="add credits to an account (after a confirmed payment)")
+    p.add_argument("user_id", type=int)
+    p.add_argument("amount", type=int)
+    p.add_argument("--key", required=True, help="idempotency key, e.g. the payment's id")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_cmd_grant)
+
     p = sub.add_parser("demo", help="migrate, start a worker and beat, drive demo charges")
     p.add_argument("--charges", type=int, default=60, help="charges to send (default: 60)")
     p.add_argument("--concurrency", type=int, default=2, help="worker processes (default: 2)")
@@ -206,6 +276,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except InvalidRequest as exc:
+        print(f"billing: invalid {exc.field}: {exc.message}", file=sys.stderr)
+        return 2
+    except BrokerUnreachable as exc:
+        print(f"billing: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:  # a BILLING_* setting that does not parse
+        error = exc.errors(include_url=False)[0]
+        name = "BILLING_" + "_".join(str(p) for p in error["loc"]).upper()
+        print(f"billing: invalid setting {name}: {error['msg']}", file=sys.stderr)
+        return 2
     except OperationalError as exc:
         from billing.settings import get_settings
 

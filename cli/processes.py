@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
+from billing.db import mask_url
 from billing.settings import get_settings
 
 
@@ -81,6 +82,23 @@ def stop(proc: subprocess.Popen, timeout: float = 30) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+class BrokerUnreachable(Exception):
+    pass
+
+
+def check_broker(app) -> None:
+    """Fail fast, with the password masked, when the broker does not answer."""
+    url = app.conf.broker_url
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, timeout=5)
+    except Exception as exc:  # kombu raises the transport's own error types
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BrokerUnreachable(
+            f"cannot reach the broker at {mask_url(url)}: {reason.replace(url, mask_url(url))}"
+        ) from None
 
 
 def wait_for_worker(

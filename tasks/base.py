@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from celery import Task
@@ -20,7 +22,15 @@ from billing.settings import Settings, get_settings
 from billing.validation import InvalidRequest, _Args
 from worker.db import get_session_factory
 
-logger = logging.getLogger("billing.tasks")
+logger = logging.getLogger("billing.outcomes")
+if not logger.handlers:
+    # One bare JSON object per line on the process's real stderr, whatever Celery does with
+    # sys.stderr and the root logger, so log shippers can parse it as is.
+    _handler = logging.StreamHandler(sys.__stderr__)
+    _handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(_handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 A = TypeVar("A", bound=_Args)
 
@@ -30,6 +40,7 @@ RETRYABLE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError
 
 
 class BillingTask(Task):
+    Request = "tasks.request:BillingRequest"
     autoretry_for = RETRYABLE
     retry_backoff = 1  # seconds, doubled per retry (Celery wants an int here)
     retry_backoff_max = 30
@@ -91,11 +102,13 @@ class BillingTask(Task):
     def _log(self, outcome: results.Result, kwargs: dict[str, Any], started: float) -> None:
         # One line per outcome, never the meta contents: they may hold payment references.
         line = {
+            "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "level": "info",
             "event": "billing.outcome",
             "task": self.name,
             "task_id": getattr(self.request, "id", None),
-            "user_id": kwargs.get("user_id"),
-            "idempotency_key": kwargs.get("idempotency_key"),
+            "user_id": _loggable(kwargs.get("user_id")),
+            "idempotency_key": _loggable(kwargs.get("idempotency_key")),
             "source": outcome.get("source"),
             "amount": outcome.get("amount"),
             "code": outcome.get("code"),
@@ -105,3 +118,13 @@ class BillingTask(Task):
             "duration_ms": round((time.perf_counter() - started) * 1000, 2),
         }
         logger.info(json.dumps(line, default=str))
+
+
+def _loggable(value: Any) -> Any:
+    """An argument as it may appear in a log line: scalars as they are, long text cut short,
+    anything else (a foreign producer's list or object) by its type only."""
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, str):
+        return value if len(value) <= 255 else value[:255] + "..."
+    return f"<{type(value).__name__}>"

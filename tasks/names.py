@@ -1,12 +1,27 @@
-"""Task names: the public contract. Producers ``send_task`` by these strings."""
+"""Task names: the public contract, defined once in the Celery-only client package."""
 
-CHARGE_GENERATION = "billing.charge_generation"
-CHARGE_ASSISTANT = "billing.charge_assistant"
-GET_STATE = "billing.get_state"
-GET_LEDGER = "billing.get_ledger"
-GRANT_CREDITS = "billing.grant_credits"
-ACTIVATE_SUBSCRIPTION = "billing.activate_subscription"
-REFUND = "billing.refund"
-RESET_DUE_LIMITS = "billing.reset_due_limits"
-SYNC_TIER_LIMITS = "billing.sync_tier_limits"
-AUDIT = "billing.audit"
+from billing_client.names import (
+    ACTIVATE_SUBSCRIPTION,
+    AUDIT,
+    CHARGE_ASSISTANT,
+    CHARGE_GENERATION,
+    GET_LEDGER,
+    GET_STATE,
+    GRANT_CREDITS,
+    REFUND,
+    RESET_DUE_LIMITS,
+    SYNC_TIER_LIMITS,
+)
+
+__all__ = [
+    "ACTIVATE_SUBSCRIPTION",
+    "AUDIT",
+    "CHARGE_ASSISTANT",
+    "CHARGE_GENERATION",
+    "GET_LEDGER",
+    "GET_STATE",
+    "GRANT_CREDITS",
+    "REFUND",
+    "RESET_DUE_LIMITS",
+    "SYNC_TIER_LIMITS",
+]

@@ -16,13 +16,19 @@ LOG_DIR = Path(__file__).resolve().parent.parent / ".billing-data" / "test-logs"
 
 @contextmanager
 def celery_worker_process(
-    queue: str, concurrency: int = 4, pool: str = "prefork", env: dict[str, str] | None = None
+    queue: str,
+    concurrency: int = 4,
+    pool: str = "prefork",
+    env: dict[str, str] | None = None,
+    loglevel: str = "WARNING",
 ) -> Iterator[subprocess.Popen]:
+    """A worker on its own queue; the process carries ``log_path``, its combined output."""
     hostname = f"test-{uuid.uuid4().hex[:8]}@%h"
-    cmd = processes.worker_command(queue, concurrency, pool, hostname, loglevel="WARNING")
+    cmd = processes.worker_command(queue, concurrency, pool, hostname, loglevel=loglevel)
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     log = LOG_DIR / f"{hostname.split('@')[0]}.log"
     with processes.running(cmd, log, env) as proc:
+        proc.log_path = log  # type: ignore[attr-defined]
         try:
             processes.wait_for_worker(app, proc, processes.node_name(hostname))
         except RuntimeError as exc:

@@ -1,0 +1,183 @@
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery
+from celery.exceptions import TimeoutError as CeleryTimeoutError
+from celery.utils.saferepr import saferepr
+
+from billing_client import names
+
+
+class BillingTimeout(Exception):
+    """No answer in time. The outcome is unknown: send the same request again with the same
+    idempotency key, which is safe and returns the first outcome when there was one."""
+
+
+class BillingFailed(Exception):
+    """The task failed (an infrastructure failure outlasted its retries). Nothing was
+    committed for it; sending the same request again with the same key is safe."""
+
+
+@dataclass(frozen=True)
+class BillingResult:
+    """A billing task's answer. ``ok`` and ``code`` are always there; the other fields are
+    there when the task answers them (``raw`` has everything)."""
+
+    ok: bool
+    code: int
+    error: str | None = None
+    message: str | None = None
+    field: str | None = None
+    source: str | None = None
+    amount: int | None = None
+    ledger_id: int | None = None
+    idempotency_key: str | None = None
+    replayed: bool = False
+    state: dict[str, Any] | None = None
+    raw: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_dict(cls, answer: dict[str, Any]) -> BillingResult:
+        return cls(
+            ok=bool(answer.get("ok")),
+            code=int(answer.get("code", 0)),
+            error=answer.get("error"),
+            message=answer.get("message"),
+            field=answer.get("field"),
+            source=answer.get("source"),
+            amount=answer.get("amount"),
+            ledger_id=answer.get("ledger_id"),
+            idempotency_key=answer.get("idempotency_key"),
+            replayed=bool(answer.get("replayed", False)),
+            state=answer.get("state"),
+            raw=answer,
+        )
+
+    @property
+    def payment_required(self) -> bool:
+        return self.code == 402
+
+
+class BillingClient:
+    def __init__(
+        self,
+        app: Celery | None = None,
+        *,
+        broker_url: str | None = None,
+        result_backend: str | None = None,
+        queue: str = "billing",
+        timeout: float = 30.0,
+    ) -> None:
+        if app is None:
+            app = Celery("billing-client", broker=broker_url, backend=result_backend)
+            app.conf.task_serializer = "json"
+            app.conf.result_serializer = "json"
+            app.conf.accept_content = ["json"]
+        self.app = app
+        self.queue = queue
+        self.timeout = timeout
+
+    def call(self, name: str, timeout: float | None = None, **kwargs: Any) -> BillingResult:
+        """Send one task by name and wait for its answer."""
+        shown = {k: ("<hidden>" if k == "meta" and v is not None else v) for k, v in kwargs.items()}
+        pending = self.app.send_task(
+            name, kwargs=kwargs, queue=self.queue, kwargsrepr=saferepr(shown)
+        )
+        try:
+            answer = pending.get(timeout=timeout or self.timeout, propagate=False)
+        except CeleryTimeoutError:
+            raise BillingTimeout(f"{name} did not answer in {timeout or self.timeout}s") from None
+        if pending.failed() or not isinstance(answer, dict):
+            raise BillingFailed(f"{name} failed: {answer!r}")
+        return BillingResult.from_dict(answer)
+
+    def charge_generation(
+        self,
+        user_id: int,
+        idempotency_key: str,
+        cost: int | None = None,
+        meta: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> BillingResult:
+        return self.call(
+            names.CHARGE_GENERATION,
+            timeout,
+            user_id=user_id,
+            idempotency_key=idempotency_key,
+            cost=cost,
+            meta=meta,
+        )
+
+    def charge_assistant(
+        self,
+        user_id: int,
+        idempotency_key: str,
+        cost: int | None = None,
+        meta: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> BillingResult:
+        return self.call(
+            names.CHARGE_ASSISTANT,
+            timeout,
+            user_id=user_id,
+            idempotency_key=idempotency_key,
+            cost=cost,
+            meta=meta,
+        )
+
+    def refund(
+        self, idempotency_key: str, reason: str | None = None, timeout: float | None = None
+    ) -> BillingResult:
+        return self.call(names.REFUND, timeout, idempotency_key=idempotency_key, reason=reason)
+
+    def grant_credits(
+        self,
+        user_id: int,
+        amount: int,
+        idempotency_key: str,
+        meta: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> BillingResult:
+        return self.call(
+            names.GRANT_CREDITS,
+            timeout,
+            user_id=user_id,
+            amount=amount,
+            idempotency_key=idempotency_key,
+            meta=meta,
+        )
+
+    def activate_subscription(
+        self,
+        user_id: int,
+        tier: str,
+        idempotency_key: str,
+        days: int = 30,
+        timeout: float | None = None,
+    ) -> BillingResult:
+        return self.call(
+            names.ACTIVATE_SUBSCRIPTION,
+            timeout,
+            user_id=user_id,
+            tier=tier,
+            idempotency_key=idempotency_key,
+            days=days,
+        )
+
+    def get_state(self, user_id: int, timeout: float | None = None) -> BillingResult:
+        return self.call(names.GET_STATE, timeout, user_id=user_id)
+
+    def get_ledger(
+        self,
+        user_id: int,
+        limit: int = 50,
+        cursor: str | None = None,
+        timeout: float | None = None,
+    ) -> BillingResult:
+        return self.call(names.GET_LEDGER, timeout, user_id=user_id, limit=limit, cursor=cursor)
+
+    def audit(self, user_id: int | None = None, timeout: float | None = None) -> BillingResult:
+        return self.call(names.AUDIT, timeout, user_id=user_id)

@@ -1,0 +1,34 @@
+"""The worker-side request: what Flower and the logs show of a task's arguments."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery.utils.saferepr import saferepr
+from celery.worker.request import Request
+
+HIDDEN = "<hidden>"
+# Arguments that may carry payment references or user data: never shown in events or logs.
+SENSITIVE = frozenset({"meta"})
+
+
+def masked_kwargs(kwargs: Any) -> str:
+    if not isinstance(kwargs, dict):
+        return f"<{type(kwargs).__name__}>"
+    return saferepr(
+        {k: (HIDDEN if k in SENSITIVE and v is not None else v) for k, v in kwargs.items()},
+        maxlen=1024,
+    )
+
+
+class BillingRequest(Request):
+    """Masks ``meta`` whatever the producer put in its kwargsrepr header."""
+
+    @property
+    def kwargsrepr(self) -> str:
+        return masked_kwargs(self.kwargs)
+
+    @property
+    def argsrepr(self) -> str:
+        args = self.args
+        return f"<{len(args)} positional>" if args else "()"

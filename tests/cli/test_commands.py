@@ -1,0 +1,108 @@
+"""The `billing` command against the real services."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from sqlalchemy import create_engine, inspect
+
+from tests.db import recreate_database
+from tests.services import database_url
+
+SUBCOMMANDS = ["migrate", "worker", "beat", "flower", "demo", "state", "ledger", "grant", "audit"]
+
+
+def billing(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_every_subcommand_has_help(command):
+    result = billing(command, "--help")
+
+    assert result.returncode == 0
+    assert result.stdout.startswith(f"usage: billing {command}")
+
+
+def test_migrate_on_an_empty_database():
+    recreate_database("billing_cli_migrate")
+    url = database_url("billing_cli_migrate")
+
+    result = billing("migrate", env={"BILLING_DATABASE_URL": url})
+
+    assert result.returncode == 0, result.stderr
+    assert "is at revision head" in result.stdout
+    engine = create_engine(url)
+    try:
+        assert {"users", "credits_ledger", "billing_requests"} <= set(
+            inspect(engine).get_table_names()
+        )
+    finally:
+        engine.dispose()
+
+
+def test_grant_then_state_and_ledger(engine, accounts):
+    user = accounts.create()
+
+    granted = billing("grant", str(user), "75", "--key", "cli-pay-1")
+    again = billing("grant", str(user), "75", "--key", "cli-pay-1", "--json")
+    state = billing("state", str(user))
+    state_json = billing("state", str(user), "--json")
+    ledger = billing("ledger", str(user))
+    ledger_json = billing("ledger", str(user), "--limit", "1", "--json")
+
+    assert granted.returncode == 0 and "75 credits" in granted.stdout
+    assert json.loads(again.stdout)["replayed"] is True
+    assert "credits:      75" in state.stdout
+    assert json.loads(state_json.stdout)["state"]["credits"]["balance"] == 75
+    assert "cli-pay-1" in ledger.stdout and "grant" in ledger.stdout
+    page = json.loads(ledger_json.stdout)
+    assert [e["idempotency_key"] for e in page["entries"]] == ["cli-pay-1"]
+    assert accounts.get(user).balance_credits == 75
+
+
+def test_errors_are_one_line_with_exit_codes(engine):
+    unknown = billing("state", "987654")
+    bad_amount = billing("grant", "1", "0", "--key", "k")
+
+    assert unknown.returncode == 1
+    assert unknown.stderr.strip() == "error 404 user_not_found: user 987654 does not exist"
+    assert bad_amount.returncode == 2
+    assert bad_amount.stderr.strip().startswith("billing: invalid amount:")
+
+
+def test_unreachable_database_and_broker_are_one_line_with_the_password_masked():
+    db = billing(
+        "state", "1", env={"BILLING_DATABASE_URL": "postgresql://ops:pa55word@127.0.0.1:1/x"}
+    )
+    broker = billing(
+        "demo",
+        env={
+            "BILLING_BROKER_URL": "redis://:pa55word@127.0.0.1:1/0",
+            "BILLING_RESULT_BACKEND": "redis://:pa55word@127.0.0.1:1/0",
+        },
+    )
+
+    for result, what in ((db, "database"), (broker, "broker")):
+        assert result.returncode == 2
+        errors = result.stderr.strip().splitlines()
+        assert len(errors) == 1 and errors[0].startswith(f"billing: cannot reach the {what} at ")
+        assert "pa55word" not in result.stderr + result.stdout
+        assert ":***@" in errors[0]
+
+
+def test_flower_refuses_to_start_without_credentials():
+    result = billing("flower", env={"BILLING_FLOWER_BASIC_AUTH": ""})
+
+    assert result.returncode == 2
+    assert "refusing to start Flower without authentication" in result.stderr

@@ -1,0 +1,47 @@
+"""One JSON log line per billing task outcome, without meta contents."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import RESULT_TIMEOUT
+from tests.procs import LOG_DIR, celery_worker_process
+from worker import app
+
+QUEUE = "billing-logs"
+SECRET = "pm_live_SECRET_4242"
+
+
+def test_outcome_log_lines_are_json_without_meta(accounts):
+    user = accounts.credits_only()
+    calls = [
+        (
+            "billing.charge_generation",
+            {"user_id": user, "idempotency_key": "log-1", "meta": {"card": SECRET}},
+        ),
+        (
+            "billing.charge_generation",
+            {"user_id": user, "idempotency_key": "log-1", "meta": {"card": SECRET}},
+        ),
+        (
+            "billing.charge_assistant",
+            {"user_id": user, "idempotency_key": "log-2", "cost": 0, "meta": {"card": SECRET}},
+        ),
+    ]
+    with celery_worker_process(QUEUE, concurrency=1, loglevel="INFO") as proc:
+        for name, kwargs in calls:
+            app.send_task(name, kwargs=kwargs, queue=QUEUE).get(timeout=RESULT_TIMEOUT)
+        log_path = proc.log_path
+
+    text = log_path.read_text()
+    outcomes = [json.loads(line) for line in text.splitlines() if '"billing.outcome"' in line]
+    assert [(o["task"], o["idempotency_key"], o["code"], o["replayed"]) for o in outcomes] == [
+        ("billing.charge_generation", "log-1", 200, False),
+        ("billing.charge_generation", "log-1", 200, True),
+        ("billing.charge_assistant", "log-2", 422, None),
+    ]
+    first = outcomes[0]
+    assert (first["user_id"], first["source"], first["amount"]) == (user, "credits", 10)
+    assert isinstance(first["duration_ms"], float) and first["ts"].endswith("+00:00")
+    assert SECRET not in text
+    assert LOG_DIR in log_path.parents
