@@ -32,6 +32,9 @@ broker_transport_options = (
     else {}
 )
 result_backend_transport_options = {"retry_policy": {"timeout": 5.0}}
+# A result that cannot be stored while Redis restarts is retried, not lost with the task.
+result_backend_always_retry = True
+result_backend_max_retries = 30
 result_expires = 7 * 24 * 3600
 result_extended = True
 

@@ -21,6 +21,7 @@ def celery_worker_process(
     pool: str = "prefork",
     env: dict[str, str] | None = None,
     loglevel: str = "WARNING",
+    control_app=None,
 ) -> Iterator[subprocess.Popen]:
     """A worker on its own queue; the process carries ``log_path``, its combined output."""
     hostname = f"test-{uuid.uuid4().hex[:8]}@%h"
@@ -30,7 +31,7 @@ def celery_worker_process(
     with processes.running(cmd, log, env) as proc:
         proc.log_path = log  # type: ignore[attr-defined]
         try:
-            processes.wait_for_worker(app, proc, processes.node_name(hostname))
+            processes.wait_for_worker(control_app or app, proc, processes.node_name(hostname))
         except RuntimeError as exc:
             raise RuntimeError(f"{exc}\n{log.read_text()[-3000:]}") from None
         yield proc

@@ -42,9 +42,40 @@ CASES = [
     ("charge_assistant", {"meta": {"nul": "a\x00b"}}, "meta"),
     ("charge_assistant", {"unexpected": 1}, "unexpected"),
     ("charge_assistant", {"userid": 5}, "userid"),
+    ("charge_generation", {"user_id": {"id": 1}}, "user_id"),
+    ("charge_generation", {"idempotency_key": ["k"]}, "idempotency_key"),
+    ("charge_generation", {"idempotency_key": True}, "idempotency_key"),
+    ("charge_generation", {"idempotency_key": "billing:reset:x"}, "idempotency_key"),
+    ("charge_assistant", {"meta": 7}, "meta"),
+    ("charge_assistant", {"meta": True}, "meta"),
+    ("charge_assistant", {"meta": {"nan": float("nan")}}, "meta"),
+    ("charge_assistant", {"meta": {"list": list(range(2000))}}, "meta"),
+    ("charge_assistant", {"cost": float("inf")}, "cost"),
     ("get_state", {"user_id": "abc"}, "user_id"),
     ("get_state", {"user_id": 5, "verbose": True}, "verbose"),
+    ("get_ledger", {"user_id": 5, "limit": None, "cursor": 12}, "cursor"),
+    ("grant_credits", {"amount": "100"}, "amount"),
+    ("grant_credits", {"amount": -100}, "amount"),
+    ("grant_credits", {"amount": 10**30}, "amount"),
+    ("grant_credits", {"amount": None}, "amount"),
+    ("activate_subscription", {"tier": "basic", "days": 0}, "days"),
+    ("activate_subscription", {"tier": "basic", "days": True}, "days"),
+    ("activate_subscription", {"tier": "basic", "days": 100_000}, "days"),
+    ("activate_subscription", {"tier": "basic'; DROP TABLE users; --"}, "tier"),
+    ("activate_subscription", {"tier": ""}, "tier"),
+    ("activate_subscription", {"tier": 3}, "tier"),
+    ("refund", {"reason": ["why"]}, "reason"),
+    ("refund", {"reason": "r" * 501}, "reason"),
+    ("audit", {"user_id": "all"}, "user_id"),
 ]
+
+# Extra arguments each task needs to be otherwise valid.
+REQUIRED = {
+    "grant_credits": {"amount": 10},
+    "activate_subscription": {"tier": "basic"},
+}
+NO_KEY = {"get_state", "get_ledger", "audit"}
+NO_USER = {"refund"}
 
 
 def _deep(levels: int) -> dict:
@@ -61,7 +92,12 @@ def test_malformed_message_is_422_and_writes_nothing(
     worker, accounts, engine, task, override, field
 ):
     user = accounts.credits_only()
-    kwargs = {"user_id": user, **({} if task == "get_state" else GOOD), **override}
+    kwargs = {
+        **({} if task in NO_USER else {"user_id": user}),
+        **({} if task in NO_KEY else GOOD),
+        **REQUIRED.get(task, {}),
+        **override,
+    }
 
     result = app.send_task(f"billing.{task}", kwargs=kwargs).get(timeout=30)
 
@@ -72,6 +108,32 @@ def test_malformed_message_is_422_and_writes_nothing(
     assert accounts.get(user).balance_credits == 100
     # The worker keeps serving the next good message.
     assert worker.charge_assistant(user, "after-bad")["code"] == 200
+
+
+def test_corpus_is_at_least_forty_messages():
+    assert len(CASES) >= 40
+
+
+def test_sql_in_a_key_is_just_text(worker, accounts, engine):
+    user = accounts.credits_only()
+    key = "k'); DELETE FROM users; --"
+
+    first = worker.charge_assistant(user, key)
+    again = worker.charge_assistant(user, key)
+
+    assert (first["code"], again["replayed"]) == (200, True)
+    assert count_rows(engine, "users") == 1
+    assert count_rows(engine, "credits_ledger") == 1
+
+
+def test_unknown_user_gets_the_documented_404(worker, engine):
+    result = app.send_task(
+        "billing.grant_credits",
+        kwargs={"user_id": 2**62, "amount": 5, "idempotency_key": "nobody"},
+    ).get(timeout=30)
+
+    assert (result["code"], result["error"]) == (404, "user_not_found")
+    assert count_rows(engine, "credits_ledger") == 0
 
 
 def test_positional_arguments_are_refused(worker, accounts, engine):

@@ -1,0 +1,193 @@
+"""Fault injection: crashes, restarts and duplicate storms lose nothing and double nothing.
+
+Each scenario runs real `celery worker` subprocesses against the real PostgreSQL and Redis,
+sends 2,000 charges over 200 accounts and checks the invariants in ``harness``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from celery import Celery
+from sqlalchemy import text
+
+from tests.faults import harness
+from tests.procs import celery_worker_process
+from worker import app
+
+pytestmark = pytest.mark.faults
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def _report(name: str, report: harness.Report) -> None:
+    print(f"\n[{name}] {report.line()}")
+
+
+def test_killed_worker_child_and_killed_worker(engine, database):
+    queue = "faults-kill"
+    fleet = harness.prepare_fleet(database)
+    with celery_worker_process(queue, concurrency=4, env=harness.WORKER_ENV) as first:
+        sent = harness.send_stream(app, fleet, queue)
+        harness.wait_until_progress(engine, 300)
+        child = _children(first.pid)[0]
+        os.kill(child, signal.SIGKILL)  # one pool process, mid-task
+        harness.wait_until_progress(engine, 900)
+        os.killpg(first.pid, signal.SIGKILL)  # the whole worker, children and all
+        first.wait()
+    # Its unacknowledged messages come back after the visibility timeout, to the new worker.
+    with celery_worker_process(queue, concurrency=4, env=harness.WORKER_ENV):
+        harness.wait_for_outcomes(engine, len(fleet.keys))
+        answers = harness.collect(sent)
+        report = harness.check_invariants(engine, app, fleet, answers, len(sent), queue)
+    _report("SIGKILL child + SIGKILL worker", report)
+
+
+def test_warm_shutdown_then_restart(engine, database):
+    queue = "faults-term"
+    fleet = harness.prepare_fleet(database)
+    with celery_worker_process(queue, concurrency=4, env=harness.WORKER_ENV) as first:
+        sent = harness.send_stream(app, fleet, queue)
+        harness.wait_until_progress(engine, 500)
+        first.send_signal(signal.SIGTERM)  # warm shutdown: finish what runs, keep the rest
+        first.wait(timeout=60)
+    stopped_at = harness.outcomes_stored(engine)
+    with celery_worker_process(queue, concurrency=4, env=harness.WORKER_ENV):
+        harness.wait_for_outcomes(engine, len(fleet.keys))
+        answers = harness.collect(sent)
+        report = harness.check_invariants(engine, app, fleet, answers, len(sent), queue)
+    assert stopped_at < len(fleet.keys)  # the shutdown really happened mid-stream
+    _report(f"SIGTERM at {stopped_at} outcomes, restart", report)
+
+
+def test_duplicate_storm_to_two_workers(engine, database):
+    queue = "faults-storm"
+    fleet = harness.prepare_fleet(database)
+    with (
+        celery_worker_process(queue, concurrency=3, env=harness.WORKER_ENV),
+        celery_worker_process(queue, concurrency=3, env=harness.WORKER_ENV),
+    ):
+        sent = harness.send_stream(app, fleet, queue, copies=3)
+        harness.wait_for_outcomes(engine, len(fleet.keys))
+        answers = harness.collect(sent)
+        report = harness.check_invariants(engine, app, fleet, answers, len(sent), queue)
+    # Every key has one first answer; its two other copies are replays of it.
+    for copies in answers.values():
+        assert sorted(c["replayed"] for c in copies) == [False, True, True]
+    _report("every key x3, two workers", report)
+
+
+def test_database_connections_killed_repeatedly(engine, database):
+    queue = "faults-pg"
+    fleet = harness.prepare_fleet(database)
+    stop = threading.Event()
+    killed = []
+
+    def killer() -> None:
+        while not stop.is_set():
+            with engine.begin() as conn:
+                killed.append(
+                    conn.execute(
+                        text(
+                            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                            " WHERE application_name = 'billing-processor'"
+                            " AND datname = current_database()"
+                        )
+                    ).scalar_one()
+                )
+            stop.wait(0.3)
+
+    with celery_worker_process(queue, concurrency=4, env=harness.WORKER_ENV):
+        sent = harness.send_stream(app, fleet, queue)
+        thread = threading.Thread(target=killer, daemon=True)
+        thread.start()
+        try:
+            harness.wait_until_progress(engine, 1500, timeout=240)
+        finally:
+            stop.set()
+            thread.join()
+        harness.wait_for_outcomes(engine, len(fleet.keys))
+        answers = harness.collect(sent)
+        report = harness.check_invariants(engine, app, fleet, answers, len(sent), queue)
+    assert sum(killed) > 0
+    _report(f"{sum(killed)} worker connections terminated", report)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[tuple[str, callable]]:
+    """A Redis of the test's own on a spare port, keeping its data (AOF) across restarts."""
+    server = shutil.which("redis-server")
+    assert server, "redis-server is needed for the Redis restart scenario"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = tmp_path / "redis"
+    data.mkdir()
+    cmd = [
+        server,
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dir",
+        str(data),
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+        "--save",
+        "",
+    ]
+
+    def start() -> subprocess.Popen:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            ping = subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True)
+            if ping.stdout.strip() == b"PONG":
+                return proc
+            time.sleep(0.1)
+        raise RuntimeError("test Redis did not start")
+
+    state = {"proc": start()}
+
+    def restart(pause: float = 2.0) -> None:
+        state["proc"].terminate()  # SIGTERM: Redis flushes its AOF and exits
+        state["proc"].wait(timeout=20)
+        time.sleep(pause)
+        state["proc"] = start()
+
+    yield f"redis://127.0.0.1:{port}/0", restart
+    state["proc"].terminate()
+    state["proc"].wait(timeout=20)
+
+
+def test_redis_restarted_mid_stream(engine, database, own_redis):
+    url, restart = own_redis
+    queue = "faults-redis"
+    producer = Celery("producer", broker=url, backend=url)
+    producer.config_from_object("celeryconfig")
+    producer.conf.broker_url = url
+    producer.conf.result_backend = url
+    env = {**harness.WORKER_ENV, "BILLING_BROKER_URL": url, "BILLING_RESULT_BACKEND": url}
+    fleet = harness.prepare_fleet(database)
+    with celery_worker_process(queue, concurrency=4, env=env, control_app=producer):
+        sent = harness.send_stream(producer, fleet, queue)
+        harness.wait_until_progress(engine, 500)
+        restart()
+        harness.wait_for_outcomes(engine, len(fleet.keys))
+        answers = harness.collect(sent)
+        report = harness.check_invariants(engine, producer, fleet, answers, len(sent), queue)
+    _report("Redis restarted mid-stream", report)
