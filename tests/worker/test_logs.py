@@ -45,3 +45,28 @@ def test_outcome_log_lines_are_json_without_meta(accounts):
     assert isinstance(first["duration_ms"], float) and first["ts"].endswith("+00:00")
     assert SECRET not in text
     assert LOG_DIR in log_path.parents
+
+
+def test_no_credential_in_logs_or_results(accounts, database):
+    # Trust authentication ignores the password, so the worker runs with one in its URL.
+    password = "db-pa55-SECRET"
+    url = database.replace("postgres@", f"postgres:{password}@")
+    assert password in url
+    user = accounts.credits_only()
+    with celery_worker_process(
+        "billing-secrets", concurrency=1, loglevel="DEBUG", env={"BILLING_DATABASE_URL": url}
+    ) as proc:
+        answers = [
+            app.send_task(name, kwargs=kwargs, queue="billing-secrets").get(timeout=RESULT_TIMEOUT)
+            for name, kwargs in [
+                ("billing.charge_generation", {"user_id": user, "idempotency_key": "sec-1"}),
+                ("billing.charge_generation", {"user_id": 1, "idempotency_key": "sec-2"}),
+                ("billing.get_ledger", {"user_id": user, "limit": 0}),
+                ("billing.audit", {}),
+            ]
+        ]
+        log = proc.log_path.read_text()
+
+    assert [a["code"] for a in answers] == [200, 404, 422, 200]
+    assert password not in log
+    assert password not in json.dumps(answers)
