@@ -39,8 +39,8 @@ result_expires = 7 * 24 * 3600
 result_extended = True
 
 # Flower and operators see every billing task from sent to done.
-worker_send_task_events = True
-task_send_sent_event = True
+worker_send_task_events = _settings.task_events
+task_send_sent_event = _settings.task_events
 task_track_started = True
 
 worker_hijack_root_logger = False

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -27,26 +27,9 @@ def load_for_update(
     if row is None:
         return None
     user, now = row
-    now = _effective_now(user, now)
+    now = rules.effective_now(user, now)
     resets.refresh_and_record(session, user, now, settings)
     return user, now
-
-
-# How far a period start written by a transaction we waited for may lie ahead of our clock.
-MAX_LOCK_WAIT = timedelta(minutes=5)
-
-
-def _effective_now(user: User, now: datetime) -> datetime:
-    """The transaction's clock, moved up to any period start committed while it waited.
-
-    ``now()`` is taken when the transaction starts, before the row lock: a beat reset or a new
-    subscription committed during the wait may have started a period after it. A movement
-    dated before the start of the period it counts in would fall outside that period for the
-    audit and for refunds, so it is dated no earlier than the current period's start.
-    """
-    now = rules.as_utc(now)
-    starts = (rules.as_utc(user.freemium_reset_at), rules.as_utc(user.subscription_ops_reset_at))
-    return max(now, *(s for s in starts if s <= now + MAX_LOCK_WAIT))
 
 
 def get_state(session: Session, args: UserArgs, settings: Settings) -> results.Result:

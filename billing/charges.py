@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -18,26 +19,49 @@ def default_cost(operation: Operation, settings: Settings) -> int:
     return settings.assistant_cost
 
 
+def paid_outcome(draw: rules.Draw, key: str, state: dict[str, Any]) -> results.Result:
+    return results.success(
+        source=str(draw.source),
+        amount=draw.amount,
+        idempotency_key=key,
+        replayed=False,
+        state=state,
+    )
+
+
+def unpaid_outcome(
+    operation: Operation, cost: int, key: str, state: dict[str, Any]
+) -> results.Result:
+    return results.failure(
+        results.PAYMENT_REQUIRED,
+        results.NOT_ENOUGH_CREDITS,
+        f"nothing left to pay for this {operation} (cost {cost} credits)",
+        idempotency_key=key,
+        replayed=False,
+        state=state,
+    )
+
+
+def effective_cost(operation: Operation, args: ChargeArgs, settings: Settings) -> int:
+    return args.cost if args.cost is not None else default_cost(operation, settings)
+
+
 def charge(
     session: Session, operation: Operation, args: ChargeArgs, settings: Settings
 ) -> results.Result:
-    """Run one charge in the caller's transaction. Raises KeyRaced if a concurrent
-    transaction committed the same key first; the caller then replays in a new one."""
+    """One charge in the caller's ORM transaction (the embedded SQLite default; PostgreSQL
+    takes ``charges_pg``). Raises KeyRaced if a concurrent transaction committed the same
+    key first; the caller then replays in a new one."""
     if not settings.v4_enabled:
         return results.billing_disabled()
-    cost = args.cost if args.cost is not None else default_cost(operation, settings)
+    cost = effective_cost(operation, args, settings)
     key = args.idempotency_key
 
     def pay(user: User, now: datetime) -> tuple[results.Result, int | None]:
         draw = rules.choose_draw(user, operation, cost, now, settings)
         if draw is None:
-            return results.failure(
-                results.PAYMENT_REQUIRED,
-                results.NOT_ENOUGH_CREDITS,
-                f"nothing left to pay for this {operation} (cost {cost} credits)",
-                idempotency_key=key,
-                replayed=False,
-                state=rules.account_state(user, now, settings),
+            return unpaid_outcome(
+                operation, cost, key, rules.account_state(user, now, settings)
             ), None
         rules.take(user, draw)
         session.flush()  # the UPDATE; CHECK constraints stop any overdraft the rules missed
@@ -52,14 +76,8 @@ def charge(
             operation=operation,
             meta=args.meta,
         )
-        return results.success(
-            source=str(draw.source),
-            amount=draw.amount,
-            ledger_id=ledger_id,
-            idempotency_key=key,
-            replayed=False,
-            state=rules.account_state(user, now, settings),
-        ), ledger_id
+        outcome = paid_outcome(draw, key, rules.account_state(user, now, settings))
+        return {**outcome, "ledger_id": ledger_id}, ledger_id
 
     return idempotency.run_keyed(
         session,

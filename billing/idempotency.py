@@ -23,18 +23,22 @@ class Refused(Exception):
         self.result = result
 
 
+def conflict(key: str, user_id: int, operation: str, cost: int | None) -> results.Result:
+    return results.failure(
+        results.CONFLICT,
+        results.IDEMPOTENCY_CONFLICT,
+        "this idempotency key was already used for a different request "
+        f"(user {user_id}, {operation}, cost {cost})",
+        idempotency_key=key,
+        replayed=False,
+    )
+
+
 def replay(
     stored: BillingRequest, user_id: int, operation: str, cost: int | None
 ) -> results.Result:
     if (stored.user_id, stored.operation, stored.cost) != (user_id, operation, cost):
-        return results.failure(
-            results.CONFLICT,
-            results.IDEMPOTENCY_CONFLICT,
-            "this idempotency key was already used for a different request "
-            f"(user {stored.user_id}, {stored.operation}, cost {stored.cost})",
-            idempotency_key=stored.idempotency_key,
-            replayed=False,
-        )
+        return conflict(stored.idempotency_key, stored.user_id, stored.operation, stored.cost)
     return {**stored.response, "replayed": True}
 
 

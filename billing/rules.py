@@ -8,10 +8,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from billing.settings import Settings
-from models import LedgerSource, Operation, User, UserRole
+from models import LedgerSource, Operation, UserRole
+
+
+class Account(Protocol):
+    """What the rules read and write: a ``models.User``, or a plain row with its columns."""
+
+    id: int
+    role: str
+    subscription_type: str | None
+    subscription_end: datetime | None
+    subscription_ops_limit: int
+    subscription_ops_used: int
+    subscription_ops_reset_at: datetime
+    freemium_actions_used: int
+    freemium_reset_at: datetime
+    balance_credits: int
 
 
 def as_utc(value: datetime) -> datetime:
@@ -30,7 +45,24 @@ def next_period_start(reset_at: datetime, now: datetime, period: timedelta) -> d
     return as_utc(reset_at) + (elapsed // period) * period
 
 
-def subscription_active(user: User, now: datetime) -> bool:
+# How far a period start written by a transaction we waited for may lie ahead of our clock.
+MAX_LOCK_WAIT = timedelta(minutes=5)
+
+
+def effective_now(user: Account, now: datetime) -> datetime:
+    """The transaction's clock, moved up to any period start committed while it waited.
+
+    ``now()`` is taken when the transaction starts, before the row lock: a beat reset or a new
+    subscription committed during the wait may have started a period after it. A movement
+    dated before the start of the period it counts in would fall outside that period for the
+    audit and for refunds, so it is dated no earlier than the current period's start.
+    """
+    now = as_utc(now)
+    starts = (as_utc(user.freemium_reset_at), as_utc(user.subscription_ops_reset_at))
+    return max(now, *(s for s in starts if s <= now + MAX_LOCK_WAIT))
+
+
+def subscription_active(user: Account, now: datetime) -> bool:
     return (
         user.subscription_type is not None
         and user.subscription_end is not None
@@ -38,7 +70,7 @@ def subscription_active(user: User, now: datetime) -> bool:
     )
 
 
-def refresh_changes(user: User, now: datetime, settings: Settings) -> dict[str, Any]:
+def refresh_changes(user: Account, now: datetime, settings: Settings) -> dict[str, Any]:
     """Column updates that bring an account up to date: lazy resets and tier normalisation."""
     changes: dict[str, Any] = {}
     period = timedelta(days=settings.reset_period_days)
@@ -65,7 +97,7 @@ def refresh_changes(user: User, now: datetime, settings: Settings) -> dict[str, 
     return changes
 
 
-def apply(user: User, changes: dict[str, Any]) -> None:
+def apply(user: Account, changes: dict[str, Any]) -> None:
     for column, value in changes.items():
         setattr(user, column, value)
 
@@ -79,7 +111,7 @@ class Draw:
 
 
 def choose_draw(
-    user: User, operation: Operation, cost: int, now: datetime, settings: Settings
+    user: Account, operation: Operation, cost: int, now: datetime, settings: Settings
 ) -> Draw | None:
     """The source a charge draws from, in the product's strict order; None means 402."""
     if user.role == UserRole.ADMIN:
@@ -97,7 +129,7 @@ def choose_draw(
     return None
 
 
-def take(user: User, draw: Draw) -> None:
+def take(user: Account, draw: Draw) -> None:
     if draw.source == LedgerSource.SUBSCRIPTION:
         user.subscription_ops_used += draw.amount
     elif draw.source == LedgerSource.FREEMIUM:
@@ -110,7 +142,7 @@ def _iso(value: datetime | None) -> str | None:
     return as_utc(value).isoformat() if value is not None else None
 
 
-def account_state(user: User, now: datetime, settings: Settings) -> dict[str, Any]:
+def account_state(user: Account, now: datetime, settings: Settings) -> dict[str, Any]:
     period = timedelta(days=settings.reset_period_days)
     active = subscription_active(user, now)
     ops_remaining = (

@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     # Must exceed the longest task plus all its retries, or Redis redelivers a running task.
     visibility_timeout: int = Field(default=3600, gt=0)
     reset_interval_seconds: float = Field(default=900.0, gt=0)
+    # Task events feed Flower; off saves a broker message per task state change.
+    task_events: bool = True
     # "user:password[,user:password]" for Flower's basic auth; a secret, never logged.
     flower_basic_auth: str | None = Field(default=None, repr=False)
 

@@ -31,9 +31,15 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from cli import processes
 
     cmd = processes.worker_command(
-        queue=args.queue, concurrency=args.concurrency, pool=args.pool, loglevel=args.loglevel
+        queue=args.queue,
+        concurrency=args.concurrency,
+        pool=args.pool,
+        hostname=args.hostname,
+        loglevel=args.loglevel,
     )
-    os.execv(cmd[0], cmd)
+    if args.no_restart:
+        os.execv(cmd[0], cmd)
+    return processes.supervise(cmd)
 
 
 def _cmd_beat(args: argparse.Namespace) -> int:
@@ -222,7 +228,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queue", default=None, help="queue to consume (default: BILLING_QUEUE)")
     p.add_argument("--concurrency", type=int, default=None, help="processes (default: CPUs)")
     p.add_argument("--pool", default="prefork", choices=["prefork", "threads", "solo"])
+    p.add_argument("--hostname", default=None, help="node name (default: billing-<random>@host)")
     p.add_argument("--loglevel", default="INFO")
+    p.add_argument(
+        "--no-restart",
+        action="store_true",
+        help="exec the worker instead of restarting it when it dies (for your own supervisor)",
+    )
     p.set_defaults(func=_cmd_worker)
 
     p = sub.add_parser("beat", help="run the scheduler; run exactly one per deployment")

@@ -23,10 +23,11 @@ def worker_command(
     pool: str = "prefork",
     hostname: str | None = None,
     loglevel: str = "INFO",
+    app_module: str = "worker",
 ) -> list[str]:
     settings = get_settings()
     return [
-        sys.executable, "-m", "celery", "-A", "worker", "worker",
+        sys.executable, "-m", "celery", "-A", app_module, "worker",
         "-Q", queue or settings.queue,
         "-P", pool,
         "-c", str(concurrency or os.cpu_count() or 2),
@@ -34,9 +35,45 @@ def worker_command(
         # Billing workers share nothing with each other: mingle and gossip only add
         # start-up time and broker traffic.
         "--without-mingle", "--without-gossip",
-        "-E",
         "-l", loglevel,
     ]  # fmt: skip
+
+
+def supervise(cmd: list[str], max_backoff: float = 30.0) -> int:
+    """Run the worker, and start it again if it dies on its own.
+
+    A worker can die of things it cannot recover from by itself: the OOM killer, or kombu's
+    Redis transport losing its channel while the broker restarts ("Unrecoverable error"). Its
+    unacknowledged messages are safe in Redis and come back after the visibility timeout, so
+    starting a new worker is all it takes. SIGTERM and SIGINT are passed on, and end the loop.
+    """
+    stopping = False
+    proc: subprocess.Popen | None = None
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    backoff = 1.0
+    while True:
+        started = time.monotonic()
+        proc = subprocess.Popen(cmd)
+        code = proc.wait()
+        if stopping or code == 0:
+            return code
+        if time.monotonic() - started > 60:
+            backoff = 1.0
+        print(
+            f"billing: the worker exited with status {code}; starting it again in {backoff:.0f}s",
+            file=sys.stderr,
+            flush=True,
+        )
+        time.sleep(backoff)
+        backoff = min(backoff * 2, max_backoff)
 
 
 def beat_command(loglevel: str = "INFO") -> list[str]:

@@ -8,8 +8,10 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, TypeVar
 
+import psycopg
 from celery import Task
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
@@ -20,7 +22,7 @@ from billing.dml import KeyRaced
 from billing.idempotency import Refused
 from billing.settings import Settings, get_settings
 from billing.validation import InvalidRequest, _Args
-from worker.db import get_session_factory
+from worker.db import get_engine, get_session_factory
 
 logger = logging.getLogger("billing.outcomes")
 if not logger.handlers:
@@ -36,7 +38,13 @@ A = TypeVar("A", bound=_Args)
 
 # Infrastructure failures worth another try: the database went away, a connection broke, a
 # serialization failure or deadlock rolled us back, or the pool had nothing to give.
-RETRYABLE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, KeyRaced)
+RETRYABLE = (
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.TimeoutError,
+    psycopg.OperationalError,  # the PostgreSQL charge path talks to psycopg directly
+    KeyRaced,
+)
 
 
 class BillingTask(Task):
@@ -48,6 +56,9 @@ class BillingTask(Task):
     max_retries = get_settings().task_max_retries
     # Business outcomes are results; only an exhausted retry or a bug ends in FAILURE.
     throws = ()
+    # The result's text in events and Flower: its head (ok, code, source, amount, key) is what
+    # an operator reads; the full result is in the backend. Shorter is cheaper on every task.
+    resultrepr_maxsize = 256
 
     def execute(
         self,
@@ -55,7 +66,11 @@ class BillingTask(Task):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         handler: Callable[[Session, A, Settings], results.Result],
+        pg_handler: Callable[[psycopg.Connection, A, Settings], results.Result] | None = None,
     ) -> results.Result:
+        """Validate, then run the handler in one transaction: ``pg_handler`` on PostgreSQL
+        when there is one (it writes its own transaction on an autocommit connection),
+        else ``handler`` in an ORM session."""
         started = time.perf_counter()
         settings = get_settings()
         try:
@@ -64,13 +79,27 @@ class BillingTask(Task):
             outcome = exc.result()
             self._log(outcome, kwargs, started)
             return outcome
+        if pg_handler is not None and get_engine().dialect.name == "postgresql":
+            run = partial(self._on_connection, lambda conn: pg_handler(conn, parsed, settings))
+        else:
+            run = partial(self._in_transaction, lambda session: handler(session, parsed, settings))
         try:
-            outcome = self._in_transaction(lambda session: handler(session, parsed, settings))
+            outcome = run()
         except KeyRaced:
             # A concurrent transaction committed the same key first: replay its outcome.
-            outcome = self._in_transaction(lambda session: handler(session, parsed, settings))
+            outcome = run()
         self._log(outcome, kwargs, started)
         return outcome
+
+    @staticmethod
+    def _on_connection(fn: Callable[[psycopg.Connection], results.Result]) -> results.Result:
+        with get_engine().connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+            try:
+                return fn(conn.connection.driver_connection)
+            except psycopg.OperationalError:
+                conn.invalidate()  # SQLAlchemy did not see this error: drop the connection
+                raise
 
     def execute_batched(
         self,

@@ -2,12 +2,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from billing import charges, results
+from billing import charges, charges_pg, results
 from billing.validation import ChargeArgs
 from models import Operation
 from tasks import names
 from tasks.base import BillingTask
 from worker.app import app
+
+
+def _pg(operation: Operation):
+    def handler(conn, parsed: ChargeArgs, settings) -> results.Result:
+        if not settings.v4_enabled:
+            return results.billing_disabled()
+        cost = charges.effective_cost(operation, parsed, settings)
+        return charges_pg.charge(conn, operation, parsed, cost, settings)
+
+    return handler
 
 
 @app.task(bind=True, base=BillingTask, name=names.CHARGE_GENERATION)
@@ -28,6 +38,7 @@ def charge_generation(
         lambda session, parsed, settings: charges.charge(
             session, Operation.GENERATION, parsed, settings
         ),
+        _pg(Operation.GENERATION),
     )
 
 
@@ -49,4 +60,5 @@ def charge_assistant(
         lambda session, parsed, settings: charges.charge(
             session, Operation.ASSISTANT, parsed, settings
         ),
+        _pg(Operation.ASSISTANT),
     )

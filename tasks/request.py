@@ -26,7 +26,11 @@ class BillingRequest(Request):
 
     @property
     def kwargsrepr(self) -> str:
-        return masked_kwargs(self.kwargs)
+        kwargs = self.kwargs
+        if isinstance(kwargs, dict) and not any(kwargs.get(k) is not None for k in SENSITIVE):
+            # Nothing to hide: the producer's own repr (or Celery's) is as good as ours.
+            return self._kwargsrepr or saferepr(kwargs, maxlen=1024)
+        return masked_kwargs(kwargs)
 
     @property
     def argsrepr(self) -> str:

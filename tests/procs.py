@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,10 +23,18 @@ def celery_worker_process(
     env: dict[str, str] | None = None,
     loglevel: str = "WARNING",
     control_app=None,
+    supervised: bool = False,
 ) -> Iterator[subprocess.Popen]:
-    """A worker on its own queue; the process carries ``log_path``, its combined output."""
+    """A worker on its own queue; the process carries ``log_path``, its combined output.
+    ``supervised`` runs it as `billing worker` does, restarted if it dies on its own."""
     hostname = f"test-{uuid.uuid4().hex[:8]}@%h"
     cmd = processes.worker_command(queue, concurrency, pool, hostname, loglevel=loglevel)
+    if supervised:
+        cmd = [
+            sys.executable, "-m", "cli.main", "worker", "--queue", queue,
+            "--concurrency", str(concurrency), "--pool", pool, "--hostname", hostname,
+            "--loglevel", loglevel,
+        ]  # fmt: skip
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     log = LOG_DIR / f"{hostname.split('@')[0]}.log"
     with processes.running(cmd, log, env) as proc:

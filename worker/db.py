@@ -35,6 +35,12 @@ def get_session_factory() -> sessionmaker[Session]:
         return _factory
 
 
+def get_engine() -> Engine:
+    get_session_factory()
+    assert _engine is not None
+    return _engine
+
+
 def reset_engine() -> None:
     """Forget this process's engine; the next task builds a fresh one."""
     global _pid, _engine, _factory

@@ -163,6 +163,47 @@ def wait_for_outcomes(engine: Engine, count: int, timeout: float = 240) -> None:
     raise AssertionError(f"only {outcomes_stored(engine)} of {count} outcomes after {timeout}s")
 
 
+def missing_keys(engine: Engine, fleet: Fleet) -> list[str]:
+    with engine.connect() as conn:
+        stored = set(
+            conn.execute(
+                text(
+                    "SELECT idempotency_key FROM billing_requests WHERE idempotency_key LIKE 'f-%'"
+                )
+            ).scalars()
+        )
+    return [k for k in fleet.keys if k not in stored]
+
+
+def resend_missing(
+    app: Celery,
+    engine: Engine,
+    fleet: Fleet,
+    sent: list[tuple[str, AsyncResult]],
+    queue: str,
+    settle: float = 60,
+) -> list[str]:
+    """What a producer does when an answer does not come: send the same key again.
+
+    Only for keys that still have no outcome once the stream has settled; the answer to the
+    resent message replaces the one that never came.
+    """
+    try:
+        wait_for_outcomes(engine, len(fleet.keys), timeout=settle)
+        return []
+    except AssertionError:
+        pass
+    missing = set(missing_keys(engine, fleet))
+    messages = dict(
+        (kwargs["idempotency_key"], (name, kwargs)) for name, kwargs in charge_messages(fleet)
+    )
+    for i, (key, _result) in enumerate(sent):
+        if key in missing:
+            name, kwargs = messages[key]
+            sent[i] = (key, app.send_task(name, kwargs=kwargs, queue=queue))
+    return sorted(missing)
+
+
 def wait_until_progress(engine: Engine, at_least: int, timeout: float = 120) -> None:
     """Block until the stream is under way: at least this many outcomes stored."""
     wait_for_outcomes(engine, at_least, timeout)

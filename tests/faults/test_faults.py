@@ -183,11 +183,25 @@ def test_redis_restarted_mid_stream(engine, database, own_redis):
     producer.conf.result_backend = url
     env = {**harness.WORKER_ENV, "BILLING_BROKER_URL": url, "BILLING_RESULT_BACKEND": url}
     fleet = harness.prepare_fleet(database)
-    with celery_worker_process(queue, concurrency=4, env=env, control_app=producer):
+    # As `billing worker` runs it: kombu's Redis transport sometimes loses its channel while
+    # Redis restarts and the worker dies ("Unrecoverable error"); the supervisor starts it again.
+    with celery_worker_process(
+        queue, concurrency=4, env=env, control_app=producer, supervised=True
+    ) as worker:
         sent = harness.send_stream(producer, fleet, queue)
         harness.wait_until_progress(engine, 500)
         restart()
+        # A message Redis handed out in the instant it went down can be gone with it (kombu
+        # pops it before recording it as unacknowledged); the producer's answer never comes,
+        # and it sends the same key again, as the README tells producers to.
+        resent = harness.resend_missing(producer, engine, fleet, sent, queue)
         harness.wait_for_outcomes(engine, len(fleet.keys))
         answers = harness.collect(sent)
         report = harness.check_invariants(engine, producer, fleet, answers, len(sent), queue)
-    _report("Redis restarted mid-stream", report)
+        restarts = worker.log_path.read_text().count("starting it again")
+    assert len(resent) <= 8, resent  # a handful in flight at the restart, never the stream
+    _report(
+        f"Redis restarted mid-stream; worker restarted {restarts} time(s), "
+        f"{len(resent)} key(s) resent by the producer",
+        report,
+    )

@@ -1,0 +1,115 @@
+"""End-to-end task throughput and latency through real workers: the floor and the charges.
+
+A stream is sent as fast as the producer can (or at a fixed rate), and measured from the first
+send to the last result. A task's latency is from its send to the moment its result was stored
+(``date_done``, written by the worker), so the producer's polling does not count.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from celery.result import AsyncResult
+
+from cli import processes
+
+QUEUE = "bench"
+
+
+@dataclass
+class StreamResult:
+    tasks: int
+    seconds: float
+    latencies_ms: list[float]
+
+    @property
+    def rate(self) -> float:
+        return self.tasks / self.seconds
+
+    def percentile(self, p: float) -> float:
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "tasks_per_s": self.rate,
+            "p50_ms": self.percentile(50),
+            "p95_ms": self.percentile(95),
+            "p99_ms": self.percentile(99),
+            "seconds": self.seconds,
+        }
+
+
+@contextmanager
+def workers(app, env: dict[str, str], concurrency: int, log_dir) -> Iterator[None]:
+    """One worker with the production configuration, on the bench queue."""
+    hostname = f"bench-{uuid.uuid4().hex[:6]}@%h"
+    cmd = processes.worker_command(
+        queue=QUEUE,
+        concurrency=concurrency,
+        hostname=hostname,
+        loglevel="WARNING",
+        app_module="bench.app",
+    )
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        with processes.running(cmd, log_dir / "bench-worker.log") as proc:
+            processes.wait_for_worker(app, proc, processes.node_name(hostname))
+            yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def run_stream(
+    app, messages: list[tuple[str, dict[str, Any]]], rate: float | None = None
+) -> StreamResult:
+    """Send every message (paced at ``rate`` per second if given) and wait for all results."""
+    sent: list[tuple[float, AsyncResult]] = []
+    started = time.time()
+    for i, (name, kwargs) in enumerate(messages):
+        if rate:
+            delay = started + i / rate - time.time()
+            if delay > 0:
+                time.sleep(delay)
+        sent.append((time.time(), app.send_task(name, kwargs=kwargs, queue=QUEUE)))
+    latencies = []
+    last_done = started
+    for sent_at, result in sent:
+        answer = result.get(timeout=600)
+        if not isinstance(answer, dict) or "code" not in answer:
+            raise RuntimeError(f"unexpected answer {answer!r}")
+        done = _date_done(result)
+        last_done = max(last_done, done)
+        latencies.append((done - sent_at) * 1000)
+    return StreamResult(len(messages), last_done - started, latencies)
+
+
+def _date_done(result: AsyncResult) -> float:
+    done = result._get_task_meta()["date_done"]
+    if isinstance(done, str):
+        done = datetime.fromisoformat(done)
+    return done.timestamp()
+
+
+def median_of(results: list[StreamResult]) -> dict[str, Any]:
+    """Medians over repetitions, with the min-max of each figure."""
+    summaries = [r.summary() for r in results]
+    out: dict[str, Any] = {}
+    for key in summaries[0]:
+        values = [s[key] for s in summaries]
+        out[key] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
+    return out
