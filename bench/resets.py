@@ -46,38 +46,32 @@ def _reload(engine, n: int) -> None:
         conn.execute(text("VACUUM ANALYZE credits_ledger"))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--accounts", type=int, default=1_000_000)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=2000)
-    args = parser.parse_args()
-
+def measure(accounts: int, repeat: int, batch: int) -> dict:
     url = scratch_database("billing_bench_resets")
     engine = create_engine(url)
     factory = session_factory(create_db_engine(url))
     settings = Settings(database_url=url)
     plain, ours, details = [], [], []
-    for _ in range(args.repeat):
-        _reload(engine, args.accounts)
+    for _ in range(repeat):
+        _reload(engine, accounts)
 
         def update_once() -> int:
             with engine.begin() as conn:
                 return conn.execute(text(PLAIN_UPDATE)).rowcount
 
         seconds, rows = timed(update_once)
-        assert rows == args.accounts, rows
+        assert rows == accounts, rows
         plain.append(seconds)
 
-        _reload(engine, args.accounts)
-        seconds, totals = timed(lambda: reset_due_limits(factory, settings, args.batch))
-        assert totals["reset"] == args.accounts, totals
+        _reload(engine, accounts)
+        seconds, totals = timed(lambda: reset_due_limits(factory, settings, batch))
+        assert totals["reset"] == accounts, totals
         ours.append(seconds)
         details.append(totals)
-
-    result = {
-        "accounts": args.accounts,
-        "batch": args.batch,
+    engine.dispose()
+    return {
+        "accounts": accounts,
+        "batch": batch,
         "plain_update_s": summary(plain),
         "reset_due_limits_s": summary(ours),
         "ratio_median": summary(ours)["median"] / summary(plain)["median"],
@@ -85,6 +79,15 @@ def main() -> None:
         "reset_rows_written": details[-1]["recorded"],
         "runs": details,
     }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--accounts", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=2000)
+    args = parser.parse_args()
+    result = measure(args.accounts, args.repeat, args.batch)
     path = write_json("resets", result)
     p, o = result["plain_update_s"], result["reset_due_limits_s"]
     print(f"{'scenario':<34} {'median s':>9} {'min-max s':>15}  ratio")

@@ -76,7 +76,11 @@ def get_ledger(session: Session, args: LedgerArgs, *, enabled: bool) -> results.
     query = select(LedgerEntry).where(LedgerEntry.user_id == args.user_id)
     if args.cursor is not None:
         query = query.where(LedgerEntry.id < int(args.cursor))
-    rows = session.scalars(query.order_by(LedgerEntry.id.desc()).limit(args.limit + 1)).all()
+    # Ordered as the (user_id, id) index is, so the planner walks it backwards from the
+    # cursor, however many rows the user or the table has.
+    rows = session.scalars(
+        query.order_by(LedgerEntry.user_id.desc(), LedgerEntry.id.desc()).limit(args.limit + 1)
+    ).all()
     if not rows and session.get(User, args.user_id) is None:
         return results.user_not_found(args.user_id)
     page = rows[: args.limit]

@@ -12,6 +12,7 @@ from sqlalchemy import (
     Integer,
     String,
     func,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -39,6 +40,14 @@ class LedgerEntry(Base):
         CheckConstraint(
             "(entry_type = 'refund') = (refund_of_id IS NOT NULL)", name="refund_links_its_charge"
         ),
+        # A charge is refunded at most once; only refunds carry refund_of_id.
+        Index(
+            "uq_credits_ledger_refund_of_id",
+            "refund_of_id",
+            unique=True,
+            postgresql_where=text("refund_of_id IS NOT NULL"),
+            sqlite_where=text("refund_of_id IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, Identity(always=False), primary_key=True)
@@ -56,7 +65,7 @@ class LedgerEntry(Base):
     meta: Mapped[dict[str, Any] | None] = mapped_column()
     # A refund points at the charge it reverses; unique, so a charge is refunded at most once.
     refund_of_id: Mapped[int | None] = mapped_column(
-        BigId, ForeignKey("credits_ledger.id", ondelete="RESTRICT"), unique=True
+        BigId, ForeignKey("credits_ledger.id", ondelete="RESTRICT")
     )
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()

@@ -50,17 +50,26 @@ def upgrade() -> None:
             ["id"],
             ondelete="RESTRICT",
         )
-        batch.create_unique_constraint("uq_credits_ledger_refund_of_id", ["refund_of_id"])
         batch.create_check_constraint(
             op.f("ck_credits_ledger_refund_links_its_charge"),
             "(entry_type = 'refund') = (refund_of_id IS NOT NULL)",
         )
+    # Partial: only refunds carry the column, and every other ledger row (charges, resets)
+    # would otherwise pay for an index entry of its NULL.
+    op.create_index(
+        "uq_credits_ledger_refund_of_id",
+        "credits_ledger",
+        ["refund_of_id"],
+        unique=True,
+        postgresql_where=sa.text("refund_of_id IS NOT NULL"),
+        sqlite_where=sa.text("refund_of_id IS NOT NULL"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("uq_credits_ledger_refund_of_id", table_name="credits_ledger")
     with op.batch_alter_table("credits_ledger") as batch:
         batch.drop_constraint(op.f("ck_credits_ledger_refund_links_its_charge"), type_="check")
-        batch.drop_constraint("uq_credits_ledger_refund_of_id", type_="unique")
         batch.drop_constraint("fk_credits_ledger_refund_of_id_credits_ledger", type_="foreignkey")
         batch.drop_column("refund_of_id")
     with op.batch_alter_table("billing_requests") as batch:

@@ -1,0 +1,394 @@
+"""The benchmark suite: every figure beside its baseline from the same run, as a ratio.
+
+    python -m bench.run            # the full suite (about 15 minutes on 2 cores)
+    python -m bench.run --quick    # smaller sizes, for a try
+
+It runs against the PostgreSQL server of BILLING_BENCH_ADMIN_DATABASE_URL (default: the local
+one; it creates scratch databases there) and the Redis of BILLING_BENCH_REDIS_URL (default:
+database 13 of the local Redis, flushed). Results: bench/results/bench.json and bench.png.
+
+Scenarios (each throughput figure is the median of --repeat runs, with its min-max):
+1. floor: a no-op task, same worker configuration, events on and off;
+2. charges: generation charges across many accounts of every kind, ratio to the floor;
+3. hot account: the same against 10 accounts;
+4. latency under load: charges and no-ops at half the charges' maximum rate;
+5. resets: reset_due_limits against one plain UPDATE of the same rows;
+6. ledger reads: the first page and a page 1,000 deep of a user with many rows;
+7. database work per charge: statements, round trips and transactions per charge, and the
+   charge's SQL alone under pgbench, the database's own limit for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from bench.common import RESULTS_DIR, scratch_database, write_json
+
+REDIS_URL = os.environ.get("BILLING_BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
+LOG_DIR = RESULTS_DIR / "logs"
+CHARGE_ACCOUNTS_SQL = """
+INSERT INTO users (id, role, subscription_type, subscription_end, subscription_ops_limit,
+                   freemium_actions_used, balance_credits)
+SELECT g,
+       CASE WHEN g % 10 = 0 THEN 'admin'::user_role_enum ELSE 'user' END,
+       CASE WHEN g % 5 IN (1, 4) THEN 'standard' END,
+       CASE WHEN g % 5 = 1 THEN now() + interval '20 days'
+            WHEN g % 5 = 4 THEN now() - interval '1 day' END,
+       CASE WHEN g % 5 IN (1, 4) THEN 100 ELSE 0 END,
+       CASE WHEN g % 5 IN (3, 4) THEN 5 ELSE 0 END,
+       CASE WHEN g % 5 = 2 THEN 0 ELSE 1000000 END
+FROM generate_series(1, :n) AS g
+"""
+
+
+def _configure_environment(db_url: str) -> None:
+    os.environ["BILLING_DATABASE_URL"] = db_url
+    os.environ["BILLING_BROKER_URL"] = REDIS_URL
+    os.environ["BILLING_RESULT_BACKEND"] = REDIS_URL
+    os.environ["BILLING_QUEUE"] = "bench"
+
+
+def throughput_scenarios(args: argparse.Namespace, db_url: str) -> dict[str, Any]:
+    import redis
+
+    from bench import throughput as tp
+    from bench.app import app  # reads the settings configured above
+
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    engine = create_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(text(CHARGE_ACCOUNTS_SQL), {"n": args.accounts})
+    engine.dispose()
+    run = uuid.uuid4().hex[:8]
+    counter = iter(range(10**9))
+
+    def charges(n: int, accounts: int) -> list[tuple[str, dict[str, Any]]]:
+        return [
+            (
+                "billing.charge_generation",
+                {"user_id": 1 + (i * 7919) % accounts, "idempotency_key": f"{run}-{next(counter)}"},
+            )
+            for i in range(n)
+        ]
+
+    def noops(n: int) -> list[tuple[str, dict[str, Any]]]:
+        return [("bench.noop", {}) for _ in range(n)]
+
+    out: dict[str, Any] = {"concurrency": args.concurrency, "tasks": args.tasks}
+    for events in (True, False):
+        env = {"BILLING_TASK_EVENTS": "true" if events else "false"}
+        app.conf.task_send_sent_event = events
+        label = "events_on" if events else "events_off"
+        with tp.workers(app, env, args.concurrency, LOG_DIR):
+            tp.run_stream(app, noops(200))  # warm up: connections, prepared plans
+            tp.run_stream(app, charges(200, args.accounts))
+            floor, charge, hot = [], [], []
+            for _ in range(args.repeat):
+                floor.append(tp.run_stream(app, noops(args.tasks)))
+                charge.append(tp.run_stream(app, charges(args.tasks, args.accounts)))
+                if events:
+                    hot.append(tp.run_stream(app, charges(args.tasks, 10)))
+            out[f"floor_{label}"] = tp.median_of(floor)
+            out[f"charges_{label}"] = tp.median_of(charge)
+            if events:
+                out["hot_account"] = tp.median_of(hot)
+                rate = 0.5 * statistics.median(r.rate for r in charge)
+                n = max(int(rate * 20), 200)  # about 20 seconds at that rate
+                out["under_load"] = {
+                    "rate_per_s": rate,
+                    "floor": tp.run_stream(app, noops(n), rate=rate).summary(),
+                    "charges": tp.run_stream(app, charges(n, args.accounts), rate=rate).summary(),
+                }
+    return out
+
+
+def ledger_scenario(args: argparse.Namespace) -> dict[str, Any]:
+    from billing import ledger
+    from billing.db import create_db_engine, session_factory, transaction
+    from billing.validation import LedgerArgs
+
+    url = scratch_database("billing_bench_ledger")
+    engine = create_engine(url)
+    per_user, total, users = args.ledger_user_rows, args.ledger_rows, 10
+    with engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO users (id) SELECT g FROM generate_series(1, :u) g"), {"u": users}
+        )
+        # User 1 has per_user rows; the rest of the table belongs to the other users.
+        conn.execute(
+            text(
+                "INSERT INTO credits_ledger (user_id, entry_type, source, operation, amount,"
+                " idempotency_key, balance_credits_after, subscription_ops_used_after,"
+                " freemium_actions_used_after)"
+                " SELECT CASE WHEN g <= :per THEN 1 ELSE 2 + g % (:u - 1) END, 'charge',"
+                " 'credits', 'generation', 10, 'bench-' || g, 0, 0, 0"
+                " FROM generate_series(1, :total) AS g"
+            ),
+            {"per": per_user, "total": total, "u": users},
+        )
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("VACUUM ANALYZE credits_ledger"))
+    factory = session_factory(create_db_engine(url))
+
+    def page(cursor: str | None) -> float:
+        args_ = LedgerArgs.parse((), {"user_id": 1, "limit": 50, "cursor": cursor})
+        started = time.perf_counter()
+        with transaction(factory) as session:
+            result = ledger.get_ledger(session, args_, enabled=True)
+        assert len(result["entries"]) == 50
+        return (time.perf_counter() - started) * 1000
+
+    # The cursor of page 1,001: the id after which the 1,000 pages before it end.
+    with engine.connect() as conn:
+        deep_cursor = conn.execute(
+            text(
+                "SELECT id FROM credits_ledger WHERE user_id = 1 ORDER BY id DESC OFFSET :n LIMIT 1"
+            ),
+            {"n": 50 * 1000 - 1},
+        ).scalar_one()
+    engine.dispose()
+    for _ in range(20):  # warm the cache for both
+        page(None)
+        page(str(deep_cursor))
+    first = [page(None) for _ in range(200)]
+    deep = [page(str(deep_cursor)) for _ in range(200)]
+    return {
+        "table_rows": total,
+        "user_rows": per_user,
+        "first_page_ms": statistics.median(first),
+        "deep_page_ms": statistics.median(deep),
+        "deep_over_first": statistics.median(deep) / statistics.median(first),
+    }
+
+
+def db_work_scenario(args: argparse.Namespace, db_url: str) -> dict[str, Any]:
+    """Statements, round trips and transactions per charge, counted on the real path."""
+    import psycopg
+
+    from billing import charges_pg
+    from billing.settings import Settings
+    from billing.validation import ChargeArgs
+    from models import Operation
+
+    settings = Settings(database_url=db_url)
+    url = make_url(db_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    counts = {"round_trips": 0, "statements": 0}
+    original = psycopg.ClientCursor.execute
+
+    def counting(self, query, params=None, **kw):
+        counts["round_trips"] += 1
+        counts["statements"] += str(query).count(";") + 1
+        return original(self, query, params, **kw)
+
+    n = 500
+    with psycopg.connect(url, autocommit=True) as conn:
+        commits_before = _xact_commits(conn)
+        psycopg.ClientCursor.execute = counting
+        try:
+            for i in range(n):
+                parsed = ChargeArgs.parse(
+                    (), {"user_id": 1 + (i * 7919) % args.accounts, "idempotency_key": f"dbw-{i}"}
+                )
+                charges_pg.charge(conn, Operation.GENERATION, parsed, 10, settings)
+        finally:
+            psycopg.ClientCursor.execute = original
+        commits = _xact_commits(conn) - commits_before - 1  # less our own stats query
+    pgbench = _pgbench(url, args)
+    return {
+        "charges": n,
+        "round_trips_per_charge": counts["round_trips"] / n,
+        "statements_per_charge": counts["statements"] / n,
+        "transactions_per_charge": commits / n,
+        "pgbench": pgbench,
+    }
+
+
+def _xact_commits(conn) -> int:
+    conn.execute("SELECT pg_stat_force_next_flush()")
+    return conn.execute(
+        "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+    ).fetchone()[0]
+
+
+PGBENCH_SCRIPT = """\\set uid random(1, {accounts})
+\\set k random(1, 9000000000000000000)
+BEGIN;
+SELECT id, role, subscription_type, subscription_end, subscription_ops_limit, subscription_ops_used, subscription_ops_reset_at, freemium_actions_used, freemium_reset_at, balance_credits, now() FROM users WHERE id = :uid FOR UPDATE;
+SELECT user_id, operation, cost, response, ledger_id FROM billing_requests WHERE idempotency_key = 'pgb-' || :k;
+UPDATE users SET balance_credits = balance_credits WHERE id = :uid;
+WITH entry AS (INSERT INTO credits_ledger (user_id, entry_type, source, operation, amount, idempotency_key, balance_credits_after, subscription_ops_used_after, freemium_actions_used_after, created_at) VALUES (:uid, 'charge', 'credits', 'generation', 10, 'pgb-' || :k, 0, 0, 0, now()) RETURNING id) INSERT INTO billing_requests (idempotency_key, user_id, operation, cost, response, ledger_id) SELECT 'pgb-' || :k, :uid, 'generation', 10, '{{"ok": true, "code": 200}}'::jsonb || jsonb_build_object('ledger_id', entry.id), entry.id FROM entry RETURNING ledger_id;
+COMMIT;
+"""  # noqa: E501 - pgbench reads one statement per line
+
+
+def _pgbench(url: str, args: argparse.Namespace) -> dict[str, Any]:
+    script = RESULTS_DIR / "charge.pgbench.sql"
+    script.write_text(PGBENCH_SCRIPT.format(accounts=args.accounts))
+    parsed = make_url(url)
+    cmd = [
+        "pgbench", "-n", "-h", parsed.host or "127.0.0.1", "-p", str(parsed.port or 5432),
+        "-U", parsed.username or "postgres", "-c", str(args.concurrency),
+        "-j", str(args.concurrency), "-T", str(args.pgbench_seconds), "-f", str(script),
+        parsed.database,
+    ]  # fmt: skip
+    env = {**os.environ, "PGPASSWORD": parsed.password or ""}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
+    tps = next(
+        float(line.split("=")[1].split()[0]) for line in out.splitlines() if line.startswith("tps")
+    )
+    latency = next(
+        float(line.split("=")[1].split()[0])
+        for line in out.splitlines()
+        if line.startswith("latency average")
+    )
+    return {"clients": args.concurrency, "tps": tps, "latency_ms": latency}
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = results["throughput"]
+    names = [
+        "floor_events_on",
+        "charges_events_on",
+        "hot_account",
+        "floor_events_off",
+        "charges_events_off",
+    ]
+    labels = [
+        "floor\nevents on",
+        "charges\nevents on",
+        "hot account\nevents on",
+        "floor\nevents off",
+        "charges\nevents off",
+    ]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    rates = [t[n]["tasks_per_s"]["median"] for n in names]
+    lows = [t[n]["tasks_per_s"]["median"] - t[n]["tasks_per_s"]["min"] for n in names]
+    highs = [t[n]["tasks_per_s"]["max"] - t[n]["tasks_per_s"]["median"] for n in names]
+    left.bar(labels, rates, yerr=[lows, highs], color=["#999", "#36c", "#c63", "#bbb", "#69c"])
+    left.set_ylabel("tasks/s, first send to last result (median, min-max)")
+    left.set_title("Throughput")
+    load = t["under_load"]
+    pcts = ["p50_ms", "p95_ms", "p99_ms"]
+    x = range(len(pcts))
+    right.bar([i - 0.2 for i in x], [load["floor"][p] for p in pcts], width=0.4, label="no-op")
+    right.bar([i + 0.2 for i in x], [load["charges"][p] for p in pcts], width=0.4, label="charge")
+    right.set_xticks(list(x), ["p50", "p95", "p99"])
+    right.set_ylabel("ms, send to result stored")
+    right.set_title(f"Latency at {load['rate_per_s']:.0f}/s (half the charges' maximum)")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def table(results: dict[str, Any]) -> str:
+    t = results["throughput"]
+    floor = t["floor_events_on"]["tasks_per_s"]["median"]
+    lines = [
+        f"{'scenario':<28} {'tasks/s median':>14} {'min-max':>15} {'vs floor':>9}"
+        f" {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}"
+    ]
+    for name, base in (
+        ("floor_events_on", floor),
+        ("charges_events_on", floor),
+        ("hot_account", floor),
+        ("floor_events_off", t["floor_events_off"]["tasks_per_s"]["median"]),
+        ("charges_events_off", t["floor_events_off"]["tasks_per_s"]["median"]),
+    ):
+        r = t[name]
+        lines.append(
+            f"{name:<28} {r['tasks_per_s']['median']:>14.1f} "
+            f"{r['tasks_per_s']['min']:>7.1f}-{r['tasks_per_s']['max']:<7.1f} "
+            f"{r['tasks_per_s']['median'] / base:>9.2f} {r['p50_ms']['median']:>8.0f} "
+            f"{r['p95_ms']['median']:>8.0f} {r['p99_ms']['median']:>8.0f}"
+        )
+    load = t["under_load"]
+    floor_p50, charge_p50 = load["floor"]["p50_ms"], load["charges"]["p50_ms"]
+    floor_p99, charge_p99 = load["floor"]["p99_ms"], load["charges"]["p99_ms"]
+    lines.append(
+        f"under load at {load['rate_per_s']:.0f}/s: p50 no-op {floor_p50:.1f} ms, charge"
+        f" {charge_p50:.1f} ms (+{charge_p50 - floor_p50:.1f}); p99 no-op {floor_p99:.1f} ms,"
+        f" charge {charge_p99:.1f} ms"
+    )
+    if "resets" in results:
+        r = results["resets"]
+        lines.append(
+            f"resets of {r['accounts']:,} accounts: {r['reset_due_limits_s']['median']:.2f} s"
+            f" ({r['reset_due_limits_s']['min']:.2f}-{r['reset_due_limits_s']['max']:.2f}) vs one"
+            f" plain UPDATE {r['plain_update_s']['median']:.2f} s: x{r['ratio_median']:.2f};"
+            f" slowest batch {r['slowest_batch_ms']:.0f} ms"
+        )
+    if "ledger" in results:
+        r = results["ledger"]
+        lines.append(
+            f"ledger of a user with {r['user_rows']:,} rows in {r['table_rows']:,}: first page"
+            f" {r['first_page_ms']:.2f} ms, page 1,000 deep {r['deep_page_ms']:.2f} ms:"
+            f" x{r['deep_over_first']:.2f}"
+        )
+    if "db_work" in results:
+        r = results["db_work"]
+        lines.append(
+            f"per charge: {r['transactions_per_charge']:.2f} transactions,"
+            f" {r['round_trips_per_charge']:.2f} round trips, {r['statements_per_charge']:.2f}"
+            f" statements; the charge's SQL alone under pgbench ({r['pgbench']['clients']}"
+            f" clients): {r['pgbench']['tps']:.0f} tps, {r['pgbench']['latency_ms']:.2f} ms"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--skip", nargs="*", default=[], choices=["resets", "ledger", "db_work"])
+    args = parser.parse_args()
+    quick = args.quick
+    args.tasks = 2000 if quick else 20_000
+    args.accounts = 10_000
+    args.reset_accounts = 100_000 if quick else 1_000_000
+    args.ledger_rows = 1_000_000 if quick else 10_000_000
+    args.ledger_user_rows = 100_000 if quick else 1_000_000
+    args.pgbench_seconds = 5 if quick else 15
+
+    db_url = scratch_database("billing_bench")
+    _configure_environment(db_url)
+    results: dict[str, Any] = {"configuration": {
+        "concurrency": args.concurrency, "repeat": args.repeat, "pool": "prefork",
+        "acks_late": True, "prefetch_multiplier": 1, "result_backend": "redis",
+        "tasks_per_stream": args.tasks, "accounts": args.accounts, "quick": quick,
+    }}  # fmt: skip
+    results["throughput"] = throughput_scenarios(args, db_url)
+    if "db_work" not in args.skip:
+        results["db_work"] = db_work_scenario(args, db_url)
+    if "resets" not in args.skip:
+        from bench import resets
+
+        results["resets"] = resets.measure(args.reset_accounts, args.repeat, 2000)
+    if "ledger" not in args.skip:
+        results["ledger"] = ledger_scenario(args)
+    path = write_json("bench", results)
+    png = RESULTS_DIR / "bench.png"
+    chart(results, png)
+    print(table(results))
+    print(f"results: {path}, chart: {png}")
+    print(json.dumps(results["configuration"]))
+
+
+if __name__ == "__main__":
+    main()
