@@ -21,7 +21,7 @@ KeyRaced raised, and the caller replays.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from datetime import datetime
 from typing import Any
 
@@ -34,24 +34,10 @@ from billing.charges import paid_outcome, unpaid_outcome
 from billing.dml import KeyRaced
 from billing.idempotency import conflict
 from billing.resets import ALLOWANCES, reset_key
+from billing.rules import AccountRow
 from billing.settings import Settings
 from billing.validation import ChargeArgs
 from models import Operation
-
-
-@dataclass
-class AccountRow:
-    id: int
-    role: str
-    subscription_type: str | None
-    subscription_end: datetime | None
-    subscription_ops_limit: int
-    subscription_ops_used: int
-    subscription_ops_reset_at: datetime
-    freemium_actions_used: int
-    freemium_reset_at: datetime
-    balance_credits: int
-
 
 COLUMNS = [f.name for f in fields(AccountRow)]
 WRITABLE = [c for c in COLUMNS if c not in ("id", "role", "subscription_end")]

@@ -73,13 +73,22 @@ def get_ledger(session: Session, args: LedgerArgs, *, enabled: bool) -> results.
     """A page of a user's ledger, newest first, by keyset on the row id."""
     if not enabled:
         return results.ledger_disabled()
-    query = select(LedgerEntry).where(LedgerEntry.user_id == args.user_id)
+    # The page's ids come from an index-only walk of (user_id, id) from the cursor down, and
+    # only those rows are fetched. Asked for whole rows in one query, the planner may walk the
+    # primary key backwards instead and filter by user, which reads the whole table for a user
+    # whose history is old.
+    page_ids = select(LedgerEntry.id).where(LedgerEntry.user_id == args.user_id)
     if args.cursor is not None:
-        query = query.where(LedgerEntry.id < int(args.cursor))
-    # Ordered as the (user_id, id) index is, so the planner walks it backwards from the
-    # cursor, however many rows the user or the table has.
+        page_ids = page_ids.where(LedgerEntry.id < int(args.cursor))
+    page_ids = (
+        page_ids.order_by(LedgerEntry.user_id.desc(), LedgerEntry.id.desc())
+        .limit(args.limit + 1)
+        .subquery()
+    )
     rows = session.scalars(
-        query.order_by(LedgerEntry.user_id.desc(), LedgerEntry.id.desc()).limit(args.limit + 1)
+        select(LedgerEntry)
+        .join(page_ids, LedgerEntry.id == page_ids.c.id)
+        .order_by(LedgerEntry.id.desc())
     ).all()
     if not rows and session.get(User, args.user_id) is None:
         return results.user_not_found(args.user_id)

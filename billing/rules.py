@@ -8,14 +8,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from billing.settings import Settings
-from models import LedgerSource, Operation, UserRole
+from models import LedgerSource, Operation, User, UserRole
 
 
-class Account(Protocol):
-    """What the rules read and write: a ``models.User``, or a plain row with its columns."""
+@dataclass
+class AccountRow:
+    """An account as a plain row of its ``users`` columns (the PostgreSQL charge path reads
+    these without the ORM)."""
 
     id: int
     role: str
@@ -27,6 +29,10 @@ class Account(Protocol):
     freemium_actions_used: int
     freemium_reset_at: datetime
     balance_credits: int
+
+
+# What the rules read and write: the ORM model or the plain row, which share their columns.
+Account = User | AccountRow
 
 
 def as_utc(value: datetime) -> datetime:
