@@ -9,4 +9,3 @@ def noop(**_kwargs: object) -> dict[str, object]:
 
 
 __all__ = ["app"]
-
