@@ -1,6 +1,6 @@
 """The benchmark suite: every figure beside its baseline from the same run, as a ratio.
 
-    python -m bench.run            # the full suite (about 15 minutes on 2 cores)
+    python -m bench.run            # the full suite (about 25 minutes on 2 cores)
     python -m bench.run --quick    # smaller sizes, for a try
 
 It runs against the PostgreSQL server of BILLING_BENCH_ADMIN_DATABASE_URL (default: the local
