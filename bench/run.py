@@ -200,7 +200,7 @@ def db_work_scenario(args: argparse.Namespace, db_url: str) -> dict[str, Any]:
                 parsed = ChargeArgs.parse(
                     (), {"user_id": 1 + (i * 7919) % args.accounts, "idempotency_key": f"dbw-{i}"}
                 )
-                charges_pg.charge(conn, Operation.GENERATION, parsed, 10, settings)
+                charges_pg.charge(conn, Operation.GENERATION, parsed, settings)
         finally:
             psycopg.ClientCursor.execute = original
         commits = _xact_commits(conn) - commits_before - 1  # less our own stats query

@@ -30,7 +30,7 @@ from psycopg import ClientCursor
 from psycopg.pq import TransactionStatus
 
 from billing import results, rules
-from billing.charges import paid_outcome, unpaid_outcome
+from billing.charges import effective_cost, paid_outcome, unpaid_outcome
 from billing.dml import KeyRaced
 from billing.idempotency import conflict
 from billing.resets import ALLOWANCES, reset_key
@@ -78,9 +78,12 @@ REMEMBER = (
 
 
 def charge(
-    conn: psycopg.Connection, operation: Operation, args: ChargeArgs, cost: int, settings: Settings
+    conn: psycopg.Connection, operation: Operation, args: ChargeArgs, settings: Settings
 ) -> results.Result:
     """One charge on an autocommit connection; see the module's docstring."""
+    if not settings.v4_enabled:
+        return results.billing_disabled()
+    cost = effective_cost(operation, args, settings)
     key = args.idempotency_key
     params: dict[str, Any] = {
         "user_id": args.user_id,

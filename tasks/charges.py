@@ -10,14 +10,17 @@ from tasks.base import BillingTask
 from worker.app import app
 
 
-def _pg(operation: Operation):
-    def handler(conn, parsed: ChargeArgs, settings) -> results.Result:
-        if not settings.v4_enabled:
-            return results.billing_disabled()
-        cost = charges.effective_cost(operation, parsed, settings)
-        return charges_pg.charge(conn, operation, parsed, cost, settings)
-
-    return handler
+def _charge(
+    task: BillingTask, operation: Operation, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> results.Result:
+    """Both charge tasks: the ORM path on the embedded default, charges_pg on PostgreSQL."""
+    return task.execute(
+        ChargeArgs,
+        args,
+        kwargs,
+        lambda session, parsed, settings: charges.charge(session, operation, parsed, settings),
+        lambda conn, parsed, settings: charges_pg.charge(conn, operation, parsed, settings),
+    )
 
 
 @app.task(bind=True, base=BillingTask, name=names.CHARGE_GENERATION)
@@ -31,15 +34,7 @@ def charge_generation(
     **unknown: Any,
 ) -> results.Result:
     kwargs = {"user_id": user_id, "idempotency_key": idempotency_key, "cost": cost, "meta": meta}
-    return self.execute(
-        ChargeArgs,
-        args,
-        {**kwargs, **unknown},
-        lambda session, parsed, settings: charges.charge(
-            session, Operation.GENERATION, parsed, settings
-        ),
-        _pg(Operation.GENERATION),
-    )
+    return _charge(self, Operation.GENERATION, args, {**kwargs, **unknown})
 
 
 @app.task(bind=True, base=BillingTask, name=names.CHARGE_ASSISTANT)
@@ -53,12 +48,4 @@ def charge_assistant(
     **unknown: Any,
 ) -> results.Result:
     kwargs = {"user_id": user_id, "idempotency_key": idempotency_key, "cost": cost, "meta": meta}
-    return self.execute(
-        ChargeArgs,
-        args,
-        {**kwargs, **unknown},
-        lambda session, parsed, settings: charges.charge(
-            session, Operation.ASSISTANT, parsed, settings
-        ),
-        _pg(Operation.ASSISTANT),
-    )
+    return _charge(self, Operation.ASSISTANT, args, {**kwargs, **unknown})
