@@ -7,7 +7,7 @@ multi-statement queries:
 1. ``BEGIN``; lock the account row (``FOR UPDATE``) and read the database's clock; look up the
    key's first outcome. The lookup runs after the lock, so a repeat by the same user sees what
    the first one committed.
-2. Whatever the rules decided: the account's new counters, any lazy-reset ledger rows, the
+2. Whatever the rules decided: the account's new counters, any lazy-reset records, the
    charge's ledger row and its remembered outcome, then ``COMMIT`` (or just ``COMMIT`` for a
    replay).
 
@@ -33,7 +33,7 @@ from billing import results, rules
 from billing.charges import effective_cost, paid_outcome, unpaid_outcome
 from billing.dml import KeyRaced
 from billing.idempotency import conflict
-from billing.resets import ALLOWANCES, reset_key
+from billing.resets import ALLOWANCES
 from billing.rules import AccountRow
 from billing.settings import Settings
 from billing.validation import ChargeArgs
@@ -56,10 +56,9 @@ LEDGER_COLUMNS = (
     " subscription_ops_used_after, freemium_actions_used_after, meta, created_at"
 )
 RESET_ROW = (
-    f"INSERT INTO credits_ledger ({LEDGER_COLUMNS}) VALUES (%(user_id)s, 'reset',"
-    " %({p}source)s::ledger_source_enum, NULL, %({p}amount)s, %({p}key)s, %(reset_balance)s,"
-    ' %(reset_ops_used)s, %(reset_actions_used)s, \'{{"by": "lazy"}}\', %(at)s)'
-    " ON CONFLICT (idempotency_key) DO NOTHING; "
+    "INSERT INTO allowance_resets (user_id, source, period_start, restored, recorded_at)"
+    " VALUES (%(user_id)s, %({p}source)s::ledger_source_enum, %({p}start)s, %({p}restored)s,"
+    " %(at)s) ON CONFLICT DO NOTHING; "
 )
 CHARGE_ROW = (
     f"WITH entry AS (INSERT INTO credits_ledger ({LEDGER_COLUMNS}) VALUES (%(user_id)s,"
@@ -113,7 +112,7 @@ def charge(
         used_before = {source: getattr(account, used) for source, used, _ in ALLOWANCES}
         changes = rules.refresh_changes(account, now, settings)
         rules.apply(account, changes)
-        sql, params = _resets_sql(account, changes, used_before, now, params)
+        sql, params = _resets_sql(changes, used_before, now, params)
 
         draw = rules.choose_draw(account, operation, cost, now, settings)
         if draw is not None:
@@ -162,29 +161,21 @@ def _write(cur: ClientCursor, sql: str, params: dict[str, Any]) -> Any:
 
 
 def _resets_sql(
-    account: AccountRow,
     changes: dict[str, Any],
     used_before: dict[Any, int],
     now: datetime,
     params: dict[str, Any],
 ) -> tuple[str, dict[str, Any]]:
-    """Ledger rows for lazy resets that gave something back, as the ORM path writes them."""
+    """Records of the lazy resets that gave something back, as the ORM path writes them."""
     sql = ""
-    params = {
-        **params,
-        "reset_balance": account.balance_credits,
-        "reset_ops_used": account.subscription_ops_used,
-        "reset_actions_used": account.freemium_actions_used,
-        "at": now,
-    }
+    params = {**params, "at": now}
     for source, _used, reset_at in ALLOWANCES:
         if reset_at in changes and used_before[source] > 0:
             prefix = f"reset_{source}_"
             sql += RESET_ROW.format(p=prefix)
             params[f"{prefix}source"] = str(source)
-            params[f"{prefix}amount"] = used_before[source]
-            params[f"{prefix}key"] = reset_key(source, account.id, changes[reset_at])
-    # The reset rows record the counters right after the reset, before the charge moves them.
+            params[f"{prefix}start"] = changes[reset_at]
+            params[f"{prefix}restored"] = used_before[source]
     return sql, params
 
 

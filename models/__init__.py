@@ -1,5 +1,6 @@
 """SQLAlchemy 2 typed models. The table and column names are a contract with other services."""
 
+from models.allowance_reset import AllowanceReset
 from models.base import Base
 from models.enums import EntryType, LedgerSource, Operation, UserRole
 from models.ledger import LedgerEntry
@@ -7,6 +8,7 @@ from models.request import BillingRequest
 from models.user import User
 
 __all__ = [
+    "AllowanceReset",
     "Base",
     "BillingRequest",
     "EntryType",

@@ -221,14 +221,21 @@ def accounts(engine: Engine) -> Accounts:
     return Accounts(engine)
 
 
-def ledger_rows(engine: Engine, user_id: int | None = None) -> list[Any]:
-    query = "SELECT * FROM credits_ledger"
-    params: dict[str, Any] = {}
-    if user_id is not None:
-        query += " WHERE user_id = :uid"
-        params["uid"] = user_id
+def _rows(engine: Engine, table: str, order: str, user_id: int | None) -> list[Any]:
+    where = "" if user_id is None else " WHERE user_id = :uid"
     with engine.connect() as conn:
-        return list(conn.execute(text(query + " ORDER BY id"), params))
+        return list(
+            conn.execute(text(f"SELECT * FROM {table}{where} ORDER BY {order}"), {"uid": user_id})
+        )
+
+
+def ledger_rows(engine: Engine, user_id: int | None = None) -> list[Any]:
+    return _rows(engine, "credits_ledger", "id", user_id)
+
+
+def reset_rows(engine: Engine, user_id: int | None = None) -> list[Any]:
+    """The reset journal, oldest first: what each reset restored, for which period."""
+    return _rows(engine, "allowance_resets", "period_start, user_id, source", user_id)
 
 
 def shift_clock(engine: Engine, days: float, user_ids: list[int] | None = None) -> None:
@@ -247,6 +254,13 @@ def shift_clock(engine: Engine, days: float, user_ids: list[int] | None = None) 
         )
         conn.execute(
             text(f"UPDATE credits_ledger SET created_at = created_at - :d {where_ledger}"), params
+        )
+        conn.execute(
+            text(
+                "UPDATE allowance_resets SET period_start = period_start - :d,"
+                f" recorded_at = recorded_at - :d {where_ledger}"
+            ),
+            params,
         )
 
 

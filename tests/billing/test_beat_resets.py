@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from billing.rules import as_utc
 from billing.settings import get_settings
-from tests.conftest import RESULT_TIMEOUT, days_ago, ledger_rows
+from tests.conftest import RESULT_TIMEOUT, days_ago, ledger_rows, reset_rows
 from tests.procs import celery_worker_process
 from worker import app
 
@@ -48,13 +48,19 @@ def test_reset_resets_only_due_accounts_and_keeps_their_anchor(worker, accounts,
     sub = accounts.get(due_sub)
     assert (sub.subscription_ops_used, sub.freemium_actions_used) == (0, 0)
     assert accounts.get(fresh).freemium_actions_used == 3
-    # One audit row per allowance that gave something back, saying what and when.
-    restored = [
-        (r.user_id, r.source, r.amount) for r in ledger_rows(engine) if r.entry_type == "reset"
-    ]
+    # One record per allowance that gave something back: what, for which period, and when;
+    # none in the ledger, which holds movements of money and allowance only.
+    restored = [(r.user_id, r.source, r.restored, r.period_start) for r in reset_rows(engine)]
+    opened = anchor + timedelta(days=60)
     assert sorted(restored) == sorted(
-        [(due[1], "freemium", 2), (due[2], "freemium", 5), (due_sub, "subscription", 40)]
+        [
+            (due[1], "freemium", 2, opened),
+            (due[2], "freemium", 5, opened),
+            (due_sub, "subscription", 40, opened),
+        ]
     )
+    assert all(r.recorded_at >= opened for r in reset_rows(engine))
+    assert [r for r in ledger_rows(engine) if r.entry_type == "reset"] == []
 
 
 def test_two_reset_runs_at_once_reset_each_account_once(worker, engine):
@@ -76,10 +82,7 @@ def test_two_reset_runs_at_once_reset_each_account_once(worker, engine):
             {"moved": anchor + timedelta(days=30)},
         ).one()
         recorded, accounts_recorded = conn.execute(
-            text(
-                "SELECT count(*), count(DISTINCT user_id) FROM credits_ledger"
-                " WHERE entry_type = 'reset'"
-            )
+            text("SELECT count(*), count(DISTINCT user_id) FROM allowance_resets")
         ).one()
     assert (zeroed, moved) == (5000, 5000)
     assert (recorded, accounts_recorded) == (5000, 5000)
@@ -117,8 +120,8 @@ def test_reset_racing_100_concurrent_charges_loses_nothing(worker, accounts, eng
         row = accounts.get(user)
         assert as_utc(row.freemium_reset_at) == anchor + timedelta(days=30)
         assert (row.freemium_actions_used, row.balance_credits) == (limit, 0)
-        resets = [r for r in ledger_rows(engine, user) if r.entry_type == "reset"]
-        assert [(r.source, r.amount) for r in resets] == [("freemium", limit)]
+        resets = reset_rows(engine, user)
+        assert [(r.source, r.restored) for r in resets] == [("freemium", limit)]
     assert worker.audit()["clean"] is True
 
 
@@ -157,3 +160,27 @@ def test_a_real_beat_fires_the_reset_and_a_second_beat_stands_by(worker, account
             if proc is not None:
                 proc.terminate()
                 proc.wait(timeout=30)
+
+
+def test_a_period_recorded_twice_fails_the_batch_loudly_and_charges_go_on(worker, accounts, engine):
+    # Only an anchor moved backwards can make a period open twice; the batch must not hide it.
+    anchor = days_ago(31)
+    user = accounts.create(freemium_actions_used=2, freemium_reset_at=anchor)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO allowance_resets (user_id, source, period_start, restored)"
+                " VALUES (:u, 'freemium', :start, 1)"
+            ),
+            {"u": user, "start": anchor + timedelta(days=30)},
+        )
+
+    run = app.send_task("billing.reset_due_limits")
+    run.get(timeout=RESULT_TIMEOUT, propagate=False)
+
+    assert run.state == "FAILURE" and "allowance_resets" in str(run.result)
+    assert accounts.get(user).freemium_actions_used == 2  # the batch rolled back
+    # A charge still resets the account lazily (its record stands as it was) and is served.
+    assert worker.charge_generation(user, "after-dup")["code"] == 200
+    assert accounts.get(user).freemium_actions_used == 1
+    assert [r.restored for r in reset_rows(engine, user)] == [1]

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from billing.settings import get_settings
-from tests.conftest import days_ago
+from tests.conftest import days_ago, reset_rows
 
 
-def test_freemium_resets_after_30_days(worker, accounts):
+def test_freemium_resets_after_30_days(worker, accounts, engine):
     limit = get_settings().freemium_limit
     anchor = days_ago(31)
     user = accounts.create(freemium_actions_used=limit, freemium_reset_at=anchor)
@@ -19,6 +19,11 @@ def test_freemium_resets_after_30_days(worker, accounts):
     after = accounts.get(user)
     assert after.freemium_actions_used == 1
     assert after.freemium_reset_at == anchor + timedelta(days=30)
+    # The charge's lazy reset is recorded like the beat's, and the beat then finds nothing.
+    recorded = [(r.source, r.restored, r.period_start) for r in reset_rows(engine, user)]
+    assert recorded == [("freemium", limit, anchor + timedelta(days=30))]
+    assert worker.reset_due_limits()["reset"] == 0
+    assert len(reset_rows(engine, user)) == 1
 
 
 def test_subscription_resets_after_30_days(worker, accounts):
@@ -71,7 +76,7 @@ def test_reset_period_follows_the_setting(worker, accounts, settings_env):
     assert accounts.get(user).freemium_reset_at == anchor + timedelta(days=7)
 
 
-def test_reset_is_applied_and_stored_when_state_is_read(worker, accounts):
+def test_reset_is_applied_and_stored_when_state_is_read(worker, accounts, engine):
     anchor = days_ago(40)
     user = accounts.subscriber(
         subscription_ops_used=80,
@@ -86,6 +91,9 @@ def test_reset_is_applied_and_stored_when_state_is_read(worker, accounts):
     after = accounts.get(user)
     assert (after.subscription_ops_used, after.freemium_actions_used) == (0, 0)
     assert after.freemium_reset_at == anchor + timedelta(days=30)
+    recorded = sorted((r.source, r.restored, r.period_start) for r in reset_rows(engine, user))
+    opened = anchor + timedelta(days=30)
+    assert recorded == [("freemium", 4, opened), ("subscription", 80, opened)]
 
 
 def test_pro_is_normalised_to_standard(worker, accounts):

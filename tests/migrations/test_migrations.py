@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -15,7 +16,8 @@ from tests.db import recreate_database
 from tests.services import database_url
 
 SCRATCH = "billing_migrations_test"
-TABLES = {"users", "credits_ledger", "billing_requests"}
+TABLES = {"users", "credits_ledger", "billing_requests", "allowance_resets"}
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ENUMS = {"user_role_enum", "ledger_entry_type_enum", "ledger_source_enum", "ledger_operation_enum"}
 
 
@@ -93,5 +95,60 @@ def test_a_bare_insert_makes_a_working_account_and_checks_hold(scratch_url):
                 c.execute(text(f"UPDATE users SET {column} = -1 WHERE id = 42"))
         with pytest.raises(Exception, match="invalid input value for enum"), engine.begin() as c:
             c.execute(text("UPDATE users SET role = 'owner' WHERE id = 42"))
+    finally:
+        engine.dispose()
+
+
+# A reset as revision 0002 wrote it: a ledger row keyed by allowance, user and period start (µs).
+PERIOD_START_US = 1_790_000_000_123_456
+LEDGER_RESET = (
+    "INSERT INTO credits_ledger (user_id, entry_type, source, amount, idempotency_key,"
+    " balance_credits_after, subscription_ops_used_after, freemium_actions_used_after)"
+    f" VALUES (7, 'reset', 'freemium', 3, 'billing:reset:freemium:7:{PERIOD_START_US}', 0, 0, 0)"
+)
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_0003_moves_resets_to_their_journal_and_refuses_to_drop_new_ones(
+    backend, request, tmp_path
+):
+    if backend == "postgresql":
+        url = request.getfixturevalue("scratch_url")
+    else:
+        url = f"sqlite:///{tmp_path / 'billing.sqlite'}"
+    migrate.upgrade(url, "0002_refunds_and_internal_keys")
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO users (id) VALUES (7)"))
+            conn.execute(text(LEDGER_RESET))
+
+        migrate.upgrade(url)
+        with engine.connect() as conn:
+            journal = conn.execute(
+                text("SELECT user_id, source, period_start, restored FROM allowance_resets")
+            ).one()
+            ledger = conn.execute(text("SELECT count(*) FROM credits_ledger")).scalar_one()
+        start = journal.period_start
+        if isinstance(start, str):
+            start = datetime.fromisoformat(start)
+        micros = (start.replace(tzinfo=start.tzinfo or UTC) - EPOCH) // timedelta(microseconds=1)
+        assert (journal.user_id, journal.source, journal.restored) == (7, "freemium", 3)
+        assert micros == PERIOD_START_US
+        assert ledger == 1  # the ledger is append-only: the old row stays
+
+        # A copied reset can go back; one recorded after 0003 exists nowhere else.
+        migrate.downgrade(url, "0002_refunds_and_internal_keys")
+        migrate.upgrade(url)
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO allowance_resets (user_id, source, period_start, restored)"
+                    " VALUES (7, 'subscription', CURRENT_TIMESTAMP, 4)"
+                )
+            )
+        with pytest.raises(RuntimeError, match="1 resets recorded after revision 0003"):
+            migrate.downgrade(url, "0002_refunds_and_internal_keys")
+        assert "allowance_resets" in inspect(engine).get_table_names()
     finally:
         engine.dispose()

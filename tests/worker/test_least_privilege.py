@@ -14,6 +14,7 @@ ROLE = "billing_worker_test"
 QUEUE = "billing-least-privilege"
 GRANTS = [
     "GRANT SELECT, INSERT, UPDATE ON users, credits_ledger, billing_requests TO {role}",
+    "GRANT SELECT, INSERT ON allowance_resets TO {role}",
     "GRANT USAGE ON SEQUENCE credits_ledger_id_seq TO {role}",
 ]
 
@@ -61,5 +62,8 @@ def test_every_task_works_without_ddl_rights(accounts, worker_role_url):
             conn.execute(text("CREATE TABLE sneaky (id int)"))
         with pytest.raises(Exception, match="permission denied"), role.begin() as conn:
             conn.execute(text("DELETE FROM credits_ledger"))
+        # The reset journal is append-only for the worker.
+        with pytest.raises(Exception, match="permission denied"), role.begin() as conn:
+            conn.execute(text("UPDATE allowance_resets SET restored = 1"))
     finally:
         role.dispose()
