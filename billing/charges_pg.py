@@ -97,10 +97,10 @@ def charge(
         row = cur.fetchone()
         cur.nextset()
         stored = cur.fetchone()
-        if stored is not None:
-            cur.execute("COMMIT")
-            return _replay(stored, key, args.user_id, str(operation), cost)
         if row is None:
+            if stored is not None:
+                cur.execute("COMMIT")
+                return _replay(stored, key, args.user_id, str(operation), cost)
             outcome = {**results.user_not_found(args.user_id), "idempotency_key": key}
             outcome["replayed"] = False
             _write(cur, REMEMBER, {**params, "response": json.dumps(outcome)})
@@ -113,6 +113,14 @@ def charge(
         changes = rules.refresh_changes(account, now, settings)
         rules.apply(account, changes)
         sql, params = _resets_sql(changes, used_before, now, params)
+        if stored is not None:
+            # A replay still stores a due lazy reset, as every read of the account does.
+            if changes:
+                params.update({c: getattr(account, c) for c in WRITABLE})
+                _write(cur, UPDATE + sql, params)
+            else:
+                cur.execute("COMMIT")
+            return _replay(stored, key, args.user_id, str(operation), cost)
 
         draw = rules.choose_draw(account, operation, cost, now, settings)
         if draw is not None:

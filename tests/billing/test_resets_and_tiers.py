@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from billing.settings import get_settings
-from tests.conftest import days_ago, reset_rows
+from tests.conftest import days_ago, reset_rows, shift_clock
 
 
 def test_freemium_resets_after_30_days(worker, accounts, engine):
@@ -147,3 +147,15 @@ def test_unknown_tier_keeps_its_stored_limit(worker, accounts):
     state = worker.state(user)["state"]
 
     assert (state["subscription"]["type"], state["subscription"]["ops_limit"]) == ("enterprise", 7)
+
+
+def test_a_replay_stores_a_due_reset_like_any_read(worker, accounts, engine):
+    user = accounts.create(freemium_actions_used=2, freemium_reset_at=days_ago(10))
+    first = worker.charge_generation(user, "rp-1")
+    shift_clock(engine, 30, [user])
+
+    again = worker.charge_generation(user, "rp-1")
+
+    assert again == {**first, "replayed": True}
+    assert accounts.get(user).freemium_actions_used == 0
+    assert [(r.source, r.restored) for r in reset_rows(engine, user)] == [("freemium", 3)]
