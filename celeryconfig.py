@@ -36,7 +36,9 @@ result_backend_transport_options = {"retry_policy": {"timeout": 5.0}}
 result_backend_always_retry = True
 result_backend_max_retries = 30
 result_expires = 7 * 24 * 3600
-result_extended = True
+# Not result_extended: it would copy every task's kwargs, `meta` (payment references) included,
+# into the result for a week, and make every stored result of a charge twice as large.
+result_extended = False
 
 # Flower and operators see every billing task from sent to done.
 worker_send_task_events = _settings.task_events

@@ -29,9 +29,14 @@ def test_outcome_log_lines_are_json_without_meta(accounts):
         ),
     ]
     with celery_worker_process(QUEUE, concurrency=1, loglevel="INFO") as proc:
-        for name, kwargs in calls:
-            app.send_task(name, kwargs=kwargs, queue=QUEUE).get(timeout=RESULT_TIMEOUT)
+        sent = [app.send_task(name, kwargs=kwargs, queue=QUEUE) for name, kwargs in calls]
+        for result in sent:
+            result.get(timeout=RESULT_TIMEOUT)
         log_path = proc.log_path
+    # Nor do the stored results (kept a week) copy the request's kwargs.
+    stored = [app.backend.get(app.backend.get_key_for_task(r.id)) for r in sent]
+    assert all(s is not None for s in stored)
+    assert not any(SECRET.encode() in s for s in stored)
 
     text = log_path.read_text()
     outcomes = [json.loads(line) for line in text.splitlines() if '"billing.outcome"' in line]
