@@ -1,11 +1,50 @@
-"""The benchmark's Celery app: the billing app itself plus a no-op task, the floor."""
+"""The benchmark's Celery app: the billing app itself plus two reference tasks.
 
+- ``bench.noop``: the floor, Celery's own per-task work.
+- ``bench.charge_frame``: everything a generation charge does except talking to the
+  database: the billing task class, argument validation, the charge rules on an account held
+  in memory, the outcome log line and a result of a charge's size. Charge minus frame is
+  what the database work costs; frame minus floor is what the task's contract costs.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from billing import charges, results, rules
+from billing.rules import AccountRow
+from billing.settings import Settings
+from billing.validation import ChargeArgs
+from models import Operation
+from tasks.base import BillingTask
 from worker import app
 
 
 @app.task(name="bench.noop")
 def noop(**_kwargs: object) -> dict[str, object]:
     return {"ok": True, "code": 200}
+
+
+def _charge_in_memory(args: ChargeArgs, settings: Settings) -> results.Result:
+    now = datetime.now(UTC)
+    account = AccountRow(args.user_id, "user", None, None, 0, 0, now, 5, now, 1_000_000)
+    cost = charges.effective_cost(Operation.GENERATION, args, settings)
+    draw = rules.choose_draw(account, Operation.GENERATION, cost, now, settings)
+    assert draw is not None
+    rules.take(account, draw)
+    state = rules.account_state(account, now, settings)
+    return {**charges.paid_outcome(draw, args.idempotency_key, state), "ledger_id": args.user_id}
+
+
+@app.task(bind=True, base=BillingTask, name="bench.charge_frame")
+def charge_frame(self: BillingTask, *args: Any, **kwargs: Any) -> results.Result:
+    return self.execute(
+        ChargeArgs,
+        args,
+        kwargs,
+        lambda _session, parsed, settings: _charge_in_memory(parsed, settings),
+    )
 
 
 __all__ = ["app"]

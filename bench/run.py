@@ -1,6 +1,6 @@
 """The benchmark suite: every figure beside its baseline from the same run, as a ratio.
 
-    python -m bench.run            # the full suite (about 25 minutes on 2 cores)
+    python -m bench.run            # the full suite (about 30 minutes on 2 cores)
     python -m bench.run --quick    # smaller sizes, for a try
 
 It runs against the PostgreSQL server of BILLING_BENCH_ADMIN_DATABASE_URL (default: the local
@@ -15,7 +15,10 @@ Scenarios (each throughput figure is the median of --repeat runs, with its min-m
 5. resets: reset_due_limits against one plain UPDATE of the same rows;
 6. ledger reads: the first page and a page 1,000 deep of a user with many rows;
 7. database work per charge: statements, round trips and transactions per charge, and the
-   charge's SQL alone under pgbench, the database's own limit for it.
+   charge's SQL alone under pgbench, the database's own limit for it;
+8. where the CPU goes: machine CPU per task of each process (producer, worker parent, pool
+   children, Redis, PostgreSQL) for the no-op, the charge frame (a charge without the
+   database: bench.charge_frame) and the charge, so the gap to the floor can be apportioned.
 """
 
 from __future__ import annotations
@@ -85,6 +88,9 @@ def throughput_scenarios(args: argparse.Namespace, db_url: str) -> dict[str, Any
     def noops(n: int) -> list[tuple[str, dict[str, Any]]]:
         return [("bench.noop", {}) for _ in range(n)]
 
+    def frames(n: int) -> list[tuple[str, dict[str, Any]]]:
+        return [("bench.charge_frame", kwargs) for _, kwargs in charges(n, args.accounts)]
+
     out: dict[str, Any] = {"concurrency": args.concurrency, "tasks": args.tasks}
     for events in (True, False):
         env = {"BILLING_TASK_EVENTS": "true" if events else "false"}
@@ -102,6 +108,16 @@ def throughput_scenarios(args: argparse.Namespace, db_url: str) -> dict[str, Any
             out[f"floor_{label}"] = tp.median_of(floor)
             out[f"charges_{label}"] = tp.median_of(charge)
             if events:
+                out["cpu_per_task_ms"] = cpu_breakdown(
+                    app,
+                    {
+                        "floor": noops,
+                        "frame": frames,
+                        "charge": lambda n: charges(n, args.accounts),
+                    },
+                    args.cpu_tasks,
+                    args.repeat,
+                )
                 out["hot_account"] = tp.median_of(hot)
                 rate = 0.5 * statistics.median(r.rate for r in charge)
                 n = max(int(rate * 20), 200)  # about 20 seconds at that rate
@@ -111,6 +127,25 @@ def throughput_scenarios(args: argparse.Namespace, db_url: str) -> dict[str, Any
                     "charges": tp.run_stream(app, charges(n, args.accounts), rate=rate).summary(),
                 }
     return out
+
+
+def cpu_breakdown(app, streams: dict, tasks: int, repeat: int) -> dict[str, Any]:
+    """Medians over ``repeat`` rounds of per-task CPU by process, for each kind of stream;
+    the kinds alternate within a round so drift on the machine hits them alike."""
+    from bench import cpu
+    from bench import throughput as tp
+
+    samples: dict[str, list[dict[str, float]]] = {name: [] for name in streams}
+    for _ in range(repeat):
+        for name, make in streams.items():
+            messages = make(tasks)
+            before = cpu.snapshot()
+            tp.run_stream(app, messages)
+            samples[name].append(cpu.per_task_ms(before, cpu.snapshot(), tasks))
+    return {
+        name: {k: statistics.median(s.get(k, 0.0) for s in runs) for k in runs[0]}
+        for name, runs in samples.items()
+    }
 
 
 def ledger_scenario(args: argparse.Namespace) -> dict[str, Any]:
@@ -276,7 +311,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
         "floor\nevents off",
         "charges\nevents off",
     ]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    fig, (left, right, third) = plt.subplots(1, 3, figsize=(19, 5))
     rates = [t[n]["tasks_per_s"]["median"] for n in names]
     lows = [t[n]["tasks_per_s"]["median"] - t[n]["tasks_per_s"]["min"] for n in names]
     highs = [t[n]["tasks_per_s"]["max"] - t[n]["tasks_per_s"]["median"] for n in names]
@@ -292,8 +327,39 @@ def chart(results: dict[str, Any], path: Path) -> None:
     right.set_ylabel("ms, send to result stored")
     right.set_title(f"Latency at {load['rate_per_s']:.0f}/s (half the charges' maximum)")
     right.legend()
+    cpu = t["cpu_per_task_ms"]
+    bottom = [0.0] * len(cpu)
+    for kind in CPU_KINDS:
+        values = [cpu[stream].get(kind, 0.0) for stream in cpu]
+        third.bar(list(cpu), values, bottom=bottom, label=kind)
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    third.set_ylabel("machine CPU ms per task")
+    third.set_title("Where the CPU goes (events on)")
+    third.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+
+
+CPU_KINDS = ("producer", "worker parent", "worker child", "redis", "postgres")
+
+
+def cpu_lines(cpu: dict[str, dict[str, float]]) -> list[str]:
+    lines = [
+        "machine CPU ms per task (events on): "
+        + " ".join(f"{k:>13}" for k in (*CPU_KINDS, "total"))
+    ]
+    for stream, spent in cpu.items():
+        row = " ".join(f"{spent.get(k, 0.0):>13.2f}" for k in (*CPU_KINDS, "total"))
+        lines.append(f"{stream:<36} {row}")
+    floor, frame, charge = (cpu[k]["total"] for k in ("floor", "frame", "charge"))
+    lines.append(
+        f"charge - floor = {charge - floor:.2f} ms: the task's contract without the database"
+        f" (frame - floor) {frame - floor:.2f}, the database work (charge - frame)"
+        f" {charge - frame:.2f}; CPU-bound, so the best ratio to the floor with a database that"
+        f" cost nothing is floor/frame = {floor / frame:.2f}, and with this one"
+        f" floor/charge = {floor / charge:.2f}"
+    )
+    return lines
 
 
 def table(results: dict[str, Any]) -> str:
@@ -325,6 +391,7 @@ def table(results: dict[str, Any]) -> str:
         f" {charge_p50:.1f} ms (+{charge_p50 - floor_p50:.1f}); p99 no-op {floor_p99:.1f} ms,"
         f" charge {charge_p99:.1f} ms"
     )
+    lines.extend(cpu_lines(t["cpu_per_task_ms"]))
     if "resets" in results:
         r = results["resets"]
         lines.append(
@@ -360,6 +427,7 @@ def main() -> None:
     args = parser.parse_args()
     quick = args.quick
     args.tasks = 2000 if quick else 20_000
+    args.cpu_tasks = 1000 if quick else 5000
     args.accounts = 10_000
     args.reset_accounts = 100_000 if quick else 1_000_000
     args.ledger_rows = 1_000_000 if quick else 10_000_000
