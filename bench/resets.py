@@ -1,6 +1,6 @@
 """Benchmark: reset N due accounts with billing.reset_due_limits, against one plain UPDATE.
 
-    python -m bench.resets [--accounts 1000000] [--repeat 3] [--batch 2000]
+    python -m bench.resets [--accounts 1000000] [--repeat 3] [--batch 4000]
 
 Both sides start from the same freshly loaded, vacuumed table of due accounts (a third of them
 with nothing used, so no reset row is written for them). The baseline is the least any reset
@@ -17,7 +17,7 @@ from sqlalchemy import create_engine, text
 
 from bench.common import scratch_database, summary, timed, write_json
 from billing.db import create_db_engine, session_factory
-from billing.resets import reset_due_limits
+from billing.resets import BATCH_SIZE, reset_due_limits
 from billing.settings import Settings
 
 LOAD = """
@@ -85,7 +85,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--accounts", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=2000)
+    parser.add_argument("--batch", type=int, default=BATCH_SIZE)
     args = parser.parse_args()
     result = measure(args.accounts, args.repeat, args.batch)
     path = write_json("resets", result)
@@ -102,7 +102,7 @@ def main() -> None:
     print(
         f"{args.accounts} accounts, batches of {args.batch}; slowest batch (longest any row "
         f"lock was held) {result['slowest_batch_ms']:.0f} ms; "
-        f"{result['reset_rows_written']} reset ledger rows written per run"
+        f"{result['reset_rows_written']} reset records written per run"
     )
     print(f"results: {path}")
 

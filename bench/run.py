@@ -446,8 +446,9 @@ def main() -> None:
         results["db_work"] = db_work_scenario(args, db_url)
     if "resets" not in args.skip:
         from bench import resets
+        from billing.resets import BATCH_SIZE
 
-        results["resets"] = resets.measure(args.reset_accounts, args.repeat, 2000)
+        results["resets"] = resets.measure(args.reset_accounts, args.repeat, BATCH_SIZE)
     if "ledger" not in args.skip:
         results["ledger"] = ledger_scenario(args)
     path = write_json("bench", results)
