@@ -33,7 +33,7 @@ from billing import results, rules
 from billing.charges import effective_cost, paid_outcome, unpaid_outcome
 from billing.dml import KeyRaced
 from billing.idempotency import conflict
-from billing.resets import ALLOWANCES
+from billing.resets import Restored, refresh
 from billing.rules import AccountRow
 from billing.settings import Settings
 from billing.validation import ChargeArgs
@@ -109,25 +109,19 @@ def charge(
         account = AccountRow(*row[:-1])
         before = {c: getattr(account, c) for c in WRITABLE}
         now = rules.effective_now(account, row[-1])
-        used_before = {source: getattr(account, used) for source, used, _ in ALLOWANCES}
-        changes = rules.refresh_changes(account, now, settings)
-        rules.apply(account, changes)
-        sql, params = _resets_sql(changes, used_before, now, params)
-        if stored is not None:
-            # A replay still stores a due lazy reset, as every read of the account does.
-            if changes:
-                params.update({c: getattr(account, c) for c in WRITABLE})
-                _write(cur, UPDATE + sql, params)
-            else:
-                cur.execute("COMMIT")
-            return _replay(stored, key, args.user_id, str(operation), cost)
-
-        draw = rules.choose_draw(account, operation, cost, now, settings)
-        if draw is not None:
-            rules.take(account, draw)
+        sql, params = _resets_sql(refresh(account, now, settings), now, params)
+        # A replay draws nothing but still stores a due lazy reset, as every read does.
+        draw = None
+        if stored is None:
+            draw = rules.choose_draw(account, operation, cost, now, settings)
+            if draw is not None:
+                rules.take(account, draw)
         if any(getattr(account, c) != before[c] for c in WRITABLE):
             sql = UPDATE + sql
             params.update({c: getattr(account, c) for c in WRITABLE})
+        if stored is not None:
+            _write(cur, sql, params)  # just COMMIT when nothing changed
+            return _replay(stored, key, args.user_id, str(operation), cost)
         state = rules.account_state(account, now, settings)
 
         if draw is None:
@@ -169,21 +163,17 @@ def _write(cur: ClientCursor, sql: str, params: dict[str, Any]) -> Any:
 
 
 def _resets_sql(
-    changes: dict[str, Any],
-    used_before: dict[Any, int],
-    now: datetime,
-    params: dict[str, Any],
+    restored: list[Restored], now: datetime, params: dict[str, Any]
 ) -> tuple[str, dict[str, Any]]:
     """Records of the lazy resets that gave something back, as the ORM path writes them."""
     sql = ""
     params = {**params, "at": now}
-    for source, _used, reset_at in ALLOWANCES:
-        if reset_at in changes and used_before[source] > 0:
-            prefix = f"reset_{source}_"
-            sql += RESET_ROW.format(p=prefix)
-            params[f"{prefix}source"] = str(source)
-            params[f"{prefix}start"] = changes[reset_at]
-            params[f"{prefix}restored"] = used_before[source]
+    for reset in restored:
+        prefix = f"reset_{reset.source}_"
+        sql += RESET_ROW.format(p=prefix)
+        params[f"{prefix}source"] = str(reset.source)
+        params[f"{prefix}start"] = reset.period_start
+        params[f"{prefix}restored"] = reset.amount
     return sql, params
 
 

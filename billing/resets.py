@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -32,22 +33,39 @@ ALLOWANCES = (
 )
 
 
+@dataclass(frozen=True)
+class Restored:
+    """One allowance given back by a lazy reset: which, the period it opened, how much."""
+
+    source: LedgerSource
+    period_start: datetime
+    amount: int
+
+
+def refresh(account: rules.Account, now: datetime, settings: Settings) -> list[Restored]:
+    """Bring a locked account up to date in memory; the resets that restored something."""
+    used_before = {source: getattr(account, used) for source, used, _ in ALLOWANCES}
+    changes = rules.refresh_changes(account, now, settings)
+    rules.apply(account, changes)
+    return [
+        Restored(source, changes[reset_at], used_before[source])
+        for source, _used, reset_at in ALLOWANCES
+        if reset_at in changes and used_before[source] > 0
+    ]
+
+
 def refresh_and_record(session: Session, user: User, now: datetime, settings: Settings) -> None:
     """Bring a locked account up to date; record each reset that restores something."""
-    used_before = {source: getattr(user, used) for source, used, _ in ALLOWANCES}
-    changes = rules.refresh_changes(user, now, settings)
-    rules.apply(user, changes)
-    for source, _used, reset_at in ALLOWANCES:
-        if reset_at in changes and used_before[source] > 0:
-            session.execute(
-                insert_unless_exists(session, AllowanceReset.__table__).values(
-                    user_id=user.id,
-                    source=source,
-                    period_start=changes[reset_at],
-                    restored=used_before[source],
-                    recorded_at=now,
-                )
+    for reset in refresh(user, now, settings):
+        session.execute(
+            insert_unless_exists(session, AllowanceReset.__table__).values(
+                user_id=user.id,
+                source=reset.source,
+                period_start=reset.period_start,
+                restored=reset.amount,
+                recorded_at=now,
             )
+        )
 
 
 # One batch: lock up to :batch due accounts past :after (skipping any a charge holds: that
