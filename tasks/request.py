@@ -27,9 +27,12 @@ class BillingRequest(Request):
     @property
     def kwargsrepr(self) -> str:
         kwargs = self.kwargs
-        if isinstance(kwargs, dict) and not any(kwargs.get(k) is not None for k in SENSITIVE):
-            # Nothing to hide: the producer's own repr (or Celery's) is as good as ours.
-            return self._kwargsrepr or saferepr(kwargs, maxlen=1024)
+        nothing_to_hide = isinstance(kwargs, dict) and not any(
+            kwargs.get(k) is not None for k in SENSITIVE
+        )
+        # Nothing to hide: the producer's own repr is as good as ours, and already made.
+        if nothing_to_hide and self._kwargsrepr:
+            return self._kwargsrepr
         return masked_kwargs(kwargs)
 
     @property
