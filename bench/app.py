@@ -5,12 +5,18 @@
   database: the billing task class, argument validation, the charge rules on an account held
   in memory, the outcome log line and a result of a charge's size. Charge minus frame is
   what the database work costs; frame minus floor is what the task's contract costs.
+- ``bench.durable_insert``: the frame plus the least any charge must do in the database: one
+  round trip that durably commits one row, under a unique key, referencing the account (a
+  statement on an autocommit connection). No correct charge can do less, so its rate is the
+  ceiling of every charge's rate on the machine that measures it.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
+
+from psycopg import Connection
 
 from billing import charges, results, rules
 from billing.rules import AccountRow
@@ -47,4 +53,33 @@ def charge_frame(self: BillingTask, *args: Any, **kwargs: Any) -> results.Result
     )
 
 
-__all__ = ["app"]
+DURABLE_INSERT_TABLE = """
+CREATE TABLE IF NOT EXISTS bench_durable_insert (
+    idempotency_key text PRIMARY KEY,
+    user_id bigint NOT NULL REFERENCES users (id),
+    recorded_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+def _durable_insert(conn: Connection, args: ChargeArgs, settings: Settings) -> results.Result:
+    outcome = _charge_in_memory(args, settings)
+    conn.execute(
+        "INSERT INTO bench_durable_insert (idempotency_key, user_id) VALUES (%s, %s)",
+        (args.idempotency_key, args.user_id),
+    )
+    return outcome
+
+
+@app.task(bind=True, base=BillingTask, name="bench.durable_insert")
+def durable_insert(self: BillingTask, *args: Any, **kwargs: Any) -> results.Result:
+    return self.execute(
+        ChargeArgs,
+        args,
+        kwargs,
+        lambda _session, parsed, settings: _charge_in_memory(parsed, settings),
+        _durable_insert,
+    )
+
+
+__all__ = ["DURABLE_INSERT_TABLE", "app"]

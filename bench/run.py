@@ -9,7 +9,10 @@ database 13 of the local Redis, flushed). Results: bench/results/bench.json and 
 
 Scenarios (each throughput figure is the median of --repeat runs, with its min-max):
 1. floor: a no-op task, same worker configuration, events on and off;
-2. charges: generation charges across many accounts of every kind, ratio to the floor;
+2. charges: generation charges across many accounts of every kind, ratio to the floor, beside
+   two references measured in the same rounds: the charge frame (a charge without the
+   database) and one durable insert (the frame plus the least any charge must write: see
+   bench.app), which bound from above what any charge can reach on this machine;
 3. hot account: the same against 10 accounts;
 4. latency under load: charges and no-ops at half the charges' maximum rate;
 5. resets: reset_due_limits against one plain UPDATE of the same rows;
@@ -66,12 +69,13 @@ def throughput_scenarios(args: argparse.Namespace, db_url: str) -> dict[str, Any
     import redis
 
     from bench import throughput as tp
-    from bench.app import app  # reads the settings configured above
+    from bench.app import DURABLE_INSERT_TABLE, app  # reads the settings configured above
 
     redis.Redis.from_url(REDIS_URL).flushdb()
     engine = create_engine(db_url)
     with engine.begin() as conn:
         conn.execute(text(CHARGE_ACCOUNTS_SQL), {"n": args.accounts})
+        conn.execute(text(DURABLE_INSERT_TABLE))
     engine.dispose()
     run = uuid.uuid4().hex[:8]
     counter = iter(range(10**9))
@@ -91,6 +95,9 @@ def throughput_scenarios(args: argparse.Namespace, db_url: str) -> dict[str, Any
     def frames(n: int) -> list[tuple[str, dict[str, Any]]]:
         return [("bench.charge_frame", kwargs) for _, kwargs in charges(n, args.accounts)]
 
+    def durable_inserts(n: int) -> list[tuple[str, dict[str, Any]]]:
+        return [("bench.durable_insert", kwargs) for _, kwargs in charges(n, args.accounts)]
+
     out: dict[str, Any] = {"concurrency": args.concurrency, "tasks": args.tasks}
     for events in (True, False):
         env = {"BILLING_TASK_EVENTS": "true" if events else "false"}
@@ -99,15 +106,21 @@ def throughput_scenarios(args: argparse.Namespace, db_url: str) -> dict[str, Any
         with tp.workers(app, env, args.concurrency, LOG_DIR):
             tp.run_stream(app, noops(200))  # warm up: connections, prepared plans
             tp.run_stream(app, charges(200, args.accounts))
-            floor, charge, hot = [], [], []
+            floor, charge, hot, frame, bound = [], [], [], [], []
             for _ in range(args.repeat):
                 floor.append(tp.run_stream(app, noops(args.tasks)))
+                if events:
+                    # The two references between the floor and a charge (see bench.app).
+                    frame.append(tp.run_stream(app, frames(args.tasks)))
+                    bound.append(tp.run_stream(app, durable_inserts(args.tasks)))
                 charge.append(tp.run_stream(app, charges(args.tasks, args.accounts)))
                 if events:
                     hot.append(tp.run_stream(app, charges(args.tasks, 10)))
             out[f"floor_{label}"] = tp.median_of(floor)
             out[f"charges_{label}"] = tp.median_of(charge)
             if events:
+                out["frame_events_on"] = tp.median_of(frame)
+                out["durable_insert_events_on"] = tp.median_of(bound)
                 out["cpu_per_task_ms"] = cpu_breakdown(
                     app,
                     {
@@ -299,6 +312,8 @@ def chart(results: dict[str, Any], path: Path) -> None:
     t = results["throughput"]
     names = [
         "floor_events_on",
+        "frame_events_on",
+        "durable_insert_events_on",
         "charges_events_on",
         "hot_account",
         "floor_events_off",
@@ -306,16 +321,19 @@ def chart(results: dict[str, Any], path: Path) -> None:
     ]
     labels = [
         "floor\nevents on",
+        "frame\n(no database)",
+        "one durable\ninsert",
         "charges\nevents on",
         "hot account\nevents on",
         "floor\nevents off",
         "charges\nevents off",
     ]
-    fig, (left, right, third) = plt.subplots(1, 3, figsize=(19, 5))
+    fig, (left, right, third) = plt.subplots(1, 3, figsize=(22, 5))
     rates = [t[n]["tasks_per_s"]["median"] for n in names]
     lows = [t[n]["tasks_per_s"]["median"] - t[n]["tasks_per_s"]["min"] for n in names]
     highs = [t[n]["tasks_per_s"]["max"] - t[n]["tasks_per_s"]["median"] for n in names]
-    left.bar(labels, rates, yerr=[lows, highs], color=["#999", "#36c", "#c63", "#bbb", "#69c"])
+    colors = ["#999", "#9c9", "#396", "#36c", "#c63", "#bbb", "#69c"]
+    left.bar(labels, rates, yerr=[lows, highs], color=colors)
     left.set_ylabel("tasks/s, first send to last result (median, min-max)")
     left.set_title("Throughput")
     load = t["under_load"]
@@ -371,6 +389,8 @@ def table(results: dict[str, Any]) -> str:
     ]
     for name, base in (
         ("floor_events_on", floor),
+        ("frame_events_on", floor),
+        ("durable_insert_events_on", floor),
         ("charges_events_on", floor),
         ("hot_account", floor),
         ("floor_events_off", t["floor_events_off"]["tasks_per_s"]["median"]),
