@@ -122,20 +122,11 @@ def run(charges: int = 60, concurrency: int = 2) -> int:
 
 
 def _drive(app, accounts: dict[str, dict[str, Any]], charges: int, run_id: int) -> list[dict]:
-    rng = random.Random(run_id)
     ids = [a["id"] for a in accounts.values()]
-    sent = []
-    for i in range(charges):
-        task = names.CHARGE_GENERATION if rng.random() < 0.75 else names.CHARGE_ASSISTANT
-        # Every tenth charge repeats an earlier key, as a producer retrying would.
-        n = rng.randrange(i) if i and i % 10 == 0 else i
-        kwargs = {"user_id": rng.choice(ids), "idempotency_key": f"demo-{run_id}-{n}"}
-        if n != i:
-            kwargs = next(
-                s[1] for s in sent if s[1]["idempotency_key"] == kwargs["idempotency_key"]
-            )
-            task = next(s[0] for s in sent if s[1]["idempotency_key"] == kwargs["idempotency_key"])
-        sent.append((task, kwargs, app.send_task(task, kwargs=kwargs)))
+    sent = [
+        (task, kwargs, app.send_task(task, kwargs=kwargs))
+        for task, kwargs in plan(ids, charges, run_id)
+    ]
     outcomes = []
     _progress(0, charges)
     for done, (task, _kwargs, result) in enumerate(sent, 1):
@@ -143,6 +134,21 @@ def _drive(app, accounts: dict[str, dict[str, Any]], charges: int, run_id: int) 
         _progress(done, charges)
     print()
     return outcomes
+
+
+def plan(ids: list[int], charges: int, run_id: int) -> list[tuple[str, dict[str, Any]]]:
+    """The demo's messages: mostly new keys, and every tenth one repeats an earlier message
+    exactly (same task, same arguments), as a producer retrying would."""
+    rng = random.Random(run_id)
+    messages: list[tuple[str, dict[str, Any]]] = []
+    for i in range(charges):
+        if i and i % 10 == 0:
+            messages.append(rng.choice(messages))
+            continue
+        task = names.CHARGE_GENERATION if rng.random() < 0.75 else names.CHARGE_ASSISTANT
+        kwargs = {"user_id": rng.choice(ids), "idempotency_key": f"demo-{run_id}-{i}"}
+        messages.append((task, kwargs))
+    return messages
 
 
 def _report(outcomes: list[dict], state: dict, ledger: dict) -> None:

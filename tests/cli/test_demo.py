@@ -32,3 +32,24 @@ def test_demo_on_the_embedded_default(tmp_path):
     assert "state of the subscriber account:" in out and "its latest ledger entries:" in out
     assert "worker and beat stopped" in out
     assert (tmp_path / "data" / "billing.sqlite").exists()
+
+
+def test_demo_plan_repeats_only_messages_it_sent():
+    # The plan used to pick a repeat by index and look its key up among the keys sent; when
+    # the index was itself a repeat (10, 20, ...) no message had that key and the demo died
+    # with StopIteration, depending on the clock: replayed on 5,000 seeds, 11% of runs with
+    # this file's 40 charges and 24% with the demo's default 60.
+    from cli.demo import plan
+
+    for run_id in range(300):
+        messages = plan([1, 2, 3], 60, run_id)
+        assert len(messages) == 60
+        first_seen: dict[str, tuple[str, dict]] = {}
+        for i, (task, kwargs) in enumerate(messages):
+            key = kwargs["idempotency_key"]
+            if i and i % 10 == 0:
+                assert first_seen[key] == (task, kwargs), (run_id, i)
+            else:
+                assert key not in first_seen, (run_id, i)
+                first_seen[key] = (task, kwargs)
+        assert len(first_seen) == 55  # 0 and every index not a multiple of 10
