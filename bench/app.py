@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -43,14 +44,26 @@ def _charge_in_memory(args: ChargeArgs, settings: Settings) -> results.Result:
     return {**charges.paid_outcome(draw, args.idempotency_key, state), "ledger_id": args.user_id}
 
 
-@app.task(bind=True, base=BillingTask, name="bench.charge_frame")
-def charge_frame(self: BillingTask, *args: Any, **kwargs: Any) -> results.Result:
-    return self.execute(
+def _reference(
+    task: BillingTask,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    pg_handler: Callable[[Connection, ChargeArgs, Settings], results.Result] | None = None,
+) -> results.Result:
+    """A reference task: a charge's arguments, task class and result, with ``pg_handler`` as
+    its only database work on PostgreSQL (without one, no database work at all)."""
+    return task.execute(
         ChargeArgs,
         args,
         kwargs,
         lambda _session, parsed, settings: _charge_in_memory(parsed, settings),
+        pg_handler,
     )
+
+
+@app.task(bind=True, base=BillingTask, name="bench.charge_frame")
+def charge_frame(self: BillingTask, *args: Any, **kwargs: Any) -> results.Result:
+    return _reference(self, args, kwargs)
 
 
 DURABLE_INSERT_TABLE = """
@@ -73,13 +86,7 @@ def _durable_insert(conn: Connection, args: ChargeArgs, settings: Settings) -> r
 
 @app.task(bind=True, base=BillingTask, name="bench.durable_insert")
 def durable_insert(self: BillingTask, *args: Any, **kwargs: Any) -> results.Result:
-    return self.execute(
-        ChargeArgs,
-        args,
-        kwargs,
-        lambda _session, parsed, settings: _charge_in_memory(parsed, settings),
-        _durable_insert,
-    )
+    return _reference(self, args, kwargs, _durable_insert)
 
 
 __all__ = ["DURABLE_INSERT_TABLE", "app"]

@@ -1,6 +1,6 @@
 """The benchmark suite: every figure beside its baseline from the same run, as a ratio.
 
-    python -m bench.run            # the full suite (about 30 minutes on 2 cores)
+    python -m bench.run            # the full suite (about 40 minutes on 2 cores)
     python -m bench.run --quick    # smaller sizes, for a try
 
 It runs against the PostgreSQL server of BILLING_BENCH_ADMIN_DATABASE_URL (default: the local
@@ -92,11 +92,9 @@ def throughput_scenarios(args: argparse.Namespace, db_url: str) -> dict[str, Any
     def noops(n: int) -> list[tuple[str, dict[str, Any]]]:
         return [("bench.noop", {}) for _ in range(n)]
 
-    def frames(n: int) -> list[tuple[str, dict[str, Any]]]:
-        return [("bench.charge_frame", kwargs) for _, kwargs in charges(n, args.accounts)]
-
-    def durable_inserts(n: int) -> list[tuple[str, dict[str, Any]]]:
-        return [("bench.durable_insert", kwargs) for _, kwargs in charges(n, args.accounts)]
+    def as_charges(task: str, n: int) -> list[tuple[str, dict[str, Any]]]:
+        """The charges' messages, sent to a reference task instead."""
+        return [(task, kwargs) for _, kwargs in charges(n, args.accounts)]
 
     out: dict[str, Any] = {"concurrency": args.concurrency, "tasks": args.tasks}
     for events in (True, False):
@@ -111,8 +109,8 @@ def throughput_scenarios(args: argparse.Namespace, db_url: str) -> dict[str, Any
                 floor.append(tp.run_stream(app, noops(args.tasks)))
                 if events:
                     # The two references between the floor and a charge (see bench.app).
-                    frame.append(tp.run_stream(app, frames(args.tasks)))
-                    bound.append(tp.run_stream(app, durable_inserts(args.tasks)))
+                    frame.append(tp.run_stream(app, as_charges("bench.charge_frame", args.tasks)))
+                    bound.append(tp.run_stream(app, as_charges("bench.durable_insert", args.tasks)))
                 charge.append(tp.run_stream(app, charges(args.tasks, args.accounts)))
                 if events:
                     hot.append(tp.run_stream(app, charges(args.tasks, 10)))
@@ -125,7 +123,7 @@ def throughput_scenarios(args: argparse.Namespace, db_url: str) -> dict[str, Any
                     app,
                     {
                         "floor": noops,
-                        "frame": frames,
+                        "frame": lambda n: as_charges("bench.charge_frame", n),
                         "charge": lambda n: charges(n, args.accounts),
                     },
                     args.cpu_tasks,

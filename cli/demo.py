@@ -124,12 +124,11 @@ def run(charges: int = 60, concurrency: int = 2) -> int:
 def _drive(app, accounts: dict[str, dict[str, Any]], charges: int, run_id: int) -> list[dict]:
     ids = [a["id"] for a in accounts.values()]
     sent = [
-        (task, kwargs, app.send_task(task, kwargs=kwargs))
-        for task, kwargs in plan(ids, charges, run_id)
+        (task, app.send_task(task, kwargs=kwargs)) for task, kwargs in plan(ids, charges, run_id)
     ]
     outcomes = []
     _progress(0, charges)
-    for done, (task, _kwargs, result) in enumerate(sent, 1):
+    for done, (task, result) in enumerate(sent, 1):
         outcomes.append({"task": task, **result.get(timeout=60)})
         _progress(done, charges)
     print()
