@@ -11,6 +11,9 @@ multi-statement queries:
    charge's ledger row and its remembered outcome, then ``COMMIT`` (or just ``COMMIT`` for a
    replay).
 
+Each statement is prepared once per connection (``prepare``) and run by ``EXECUTE``, so
+PostgreSQL does not parse and plan the same statements again for every charge.
+
 The rules are the same Python functions the ORM path uses (``billing.rules``); only the
 reading and writing differ. The database still enforces the bounds: CHECK constraints on the
 counters, the unique idempotency key on the ledger and on the outcome. A unique violation
@@ -21,6 +24,8 @@ KeyRaced raised, and the caller replays.
 from __future__ import annotations
 
 import json
+import re
+import weakref
 from dataclasses import fields
 from datetime import datetime
 from typing import Any
@@ -41,45 +46,109 @@ from models import Operation
 
 COLUMNS = [f.name for f in fields(AccountRow)]
 WRITABLE = [c for c in COLUMNS if c not in ("id", "role", "subscription_end")]
-
-READ = (
-    "BEGIN; "
-    f"SELECT {', '.join(COLUMNS)}, now() FROM users WHERE id = %(user_id)s FOR UPDATE; "
-    "SELECT user_id, operation, cost, response, ledger_id FROM billing_requests"
-    " WHERE idempotency_key = %(key)s"
-)
-UPDATE = (
-    f"UPDATE users SET {', '.join(f'{c} = %({c})s' for c in WRITABLE)} WHERE id = %(user_id)s; "
-)
 LEDGER_COLUMNS = (
     "user_id, entry_type, source, operation, amount, idempotency_key, balance_credits_after,"
     " subscription_ops_used_after, freemium_actions_used_after, meta, created_at"
 )
-RESET_ROW = (
-    "INSERT INTO allowance_resets (user_id, source, period_start, restored, recorded_at)"
-    " VALUES (%(user_id)s, %({p}source)s::ledger_source_enum, %({p}start)s, %({p}restored)s,"
-    " %(at)s) ON CONFLICT DO NOTHING; "
+
+
+class Prepared:
+    """A statement PostgreSQL parses and plans once per connection, then runs by ``EXECUTE``
+    inside the charge's multi-statement queries. Written with named placeholders as any
+    query is; ``call()`` gives the ``EXECUTE`` with the same placeholders."""
+
+    def __init__(self, name: str, sql: str) -> None:
+        self.name = name
+        self.params = list(dict.fromkeys(re.findall(r"%\((\w+)\)s", sql)))
+        body = re.sub(r"%\((\w+)\)s", lambda m: f"${self.params.index(m[1]) + 1}", sql)
+        self.prepare = f"PREPARE {name} AS {body}"
+
+    def call(self, prefix: str = "", prefixed: tuple[str, ...] = ()) -> str:
+        """The ``EXECUTE``; parameters named in ``prefixed`` are read as ``prefix + name``."""
+        names = (f"{prefix}{n}" if n in prefixed else n for n in self.params)
+        return f"EXECUTE {self.name}({', '.join(f'%({n})s' for n in names)}); "
+
+
+LOCK_ACCOUNT = Prepared(
+    "billing_lock_account",
+    f"SELECT {', '.join(COLUMNS)}, now() FROM users WHERE id = %(user_id)s FOR UPDATE",
 )
-CHARGE_ROW = (
+FIND_OUTCOME = Prepared(
+    "billing_find_outcome",
+    "SELECT user_id, operation, cost, response, ledger_id FROM billing_requests"
+    " WHERE idempotency_key = %(key)s",
+)
+UPDATE_ACCOUNT = Prepared(
+    "billing_update_account",
+    f"UPDATE users SET {', '.join(f'{c} = %({c})s' for c in WRITABLE)} WHERE id = %(user_id)s",
+)
+RECORD_RESET = Prepared(
+    "billing_record_reset",
+    "INSERT INTO allowance_resets (user_id, source, period_start, restored, recorded_at)"
+    " VALUES (%(user_id)s, %(source)s::ledger_source_enum, %(start)s, %(restored)s, %(at)s)"
+    " ON CONFLICT DO NOTHING",
+)
+RECORD_CHARGE = Prepared(
+    "billing_record_charge",
     f"WITH entry AS (INSERT INTO credits_ledger ({LEDGER_COLUMNS}) VALUES (%(user_id)s,"
     " 'charge', %(source)s::ledger_source_enum, %(operation)s::ledger_operation_enum,"
-    " %(amount)s, %(key)s, %(balance)s, %(ops_used)s, %(actions_used)s, %(meta)s, %(at)s)"
-    " RETURNING id) "
+    " %(amount)s, %(key)s, %(balance)s, %(ops_used)s, %(actions_used)s, %(meta)s::jsonb,"
+    " %(at)s) RETURNING id) "
     "INSERT INTO billing_requests (idempotency_key, user_id, operation, cost, response, ledger_id)"
-    " SELECT %(key)s, %(user_id)s, %(operation)s, %(cost)s,"
+    " SELECT %(key)s, %(user_id)s, %(operation)s::text, %(cost)s::integer,"
     " %(response)s::jsonb || jsonb_build_object('ledger_id', entry.id), entry.id FROM entry"
-    " RETURNING ledger_id; "
+    " RETURNING ledger_id",
 )
-REMEMBER = (
+REMEMBER = Prepared(
+    "billing_remember",
     "INSERT INTO billing_requests (idempotency_key, user_id, operation, cost, response)"
-    " VALUES (%(key)s, %(user_id)s, %(operation)s, %(cost)s, %(response)s); "
+    " VALUES (%(key)s, %(user_id)s, %(operation)s, %(cost)s, %(response)s)",
 )
+STATEMENTS = (LOCK_ACCOUNT, FIND_OUTCOME, UPDATE_ACCOUNT, RECORD_RESET, RECORD_CHARGE, REMEMBER)
+READ = ("BEGIN; " + LOCK_ACCOUNT.call() + FIND_OUTCOME.call()).removesuffix("; ")
+
+# Connections (of this process) on which the statements exist. Parsing and planning them on
+# every charge was over a third of PostgreSQL's CPU per charge (0.50 ms, 0.31 ms prepared).
+_prepared: weakref.WeakSet[psycopg.Connection] = weakref.WeakSet()
+
+
+def prepare(conn: psycopg.Connection) -> None:
+    """Prepare the charge's statements on this connection, once. PREPARE is not transactional
+    and a name cannot be prepared twice, so what an earlier, failed attempt left is asked
+    for first. Two round trips, once in a connection's life."""
+    if conn in _prepared:
+        return
+    existing = {
+        name
+        for (name,) in conn.execute(
+            "SELECT name FROM pg_prepared_statements WHERE name = ANY(%s)",
+            ([s.name for s in STATEMENTS],),
+        )
+    }
+    missing = [s.prepare for s in STATEMENTS if s.name not in existing]
+    if missing:
+        conn.execute("; ".join(missing))
+    _prepared.add(conn)
 
 
 def charge(
     conn: psycopg.Connection, operation: Operation, args: ChargeArgs, settings: Settings
 ) -> results.Result:
     """One charge on an autocommit connection; see the module's docstring."""
+    prepare(conn)
+    try:
+        return _charge(conn, operation, args, settings)
+    except psycopg.errors.InvalidSqlStatementName:
+        # Our statements are gone (a DISCARD ALL or DEALLOCATE ALL on this session); the
+        # failed read wrote nothing and was rolled back. Prepare them again, charge again.
+        _prepared.discard(conn)
+        prepare(conn)
+        return _charge(conn, operation, args, settings)
+
+
+def _charge(
+    conn: psycopg.Connection, operation: Operation, args: ChargeArgs, settings: Settings
+) -> results.Result:
     if not settings.v4_enabled:
         return results.billing_disabled()
     cost = effective_cost(operation, args, settings)
@@ -103,7 +172,7 @@ def charge(
                 return _replay(stored, key, args.user_id, str(operation), cost)
             outcome = {**results.user_not_found(args.user_id), "idempotency_key": key}
             outcome["replayed"] = False
-            _write(cur, REMEMBER, {**params, "response": json.dumps(outcome)})
+            _write(cur, REMEMBER.call(), {**params, "response": json.dumps(outcome)})
             return outcome
 
         account = AccountRow(*row[:-1])
@@ -117,7 +186,7 @@ def charge(
             if draw is not None:
                 rules.take(account, draw)
         if any(getattr(account, c) != before[c] for c in WRITABLE):
-            sql = UPDATE + sql
+            sql = UPDATE_ACCOUNT.call() + sql
             params.update({c: getattr(account, c) for c in WRITABLE})
         if stored is not None:
             _write(cur, sql, params)  # just COMMIT when nothing changed
@@ -126,7 +195,7 @@ def charge(
 
         if draw is None:
             outcome = unpaid_outcome(operation, cost, key, state)
-            _write(cur, sql + REMEMBER, {**params, "response": json.dumps(outcome)})
+            _write(cur, sql + REMEMBER.call(), {**params, "response": json.dumps(outcome)})
             return outcome
 
         outcome = paid_outcome(draw, key, state)
@@ -140,7 +209,7 @@ def charge(
             at=now,
             response=json.dumps(outcome),
         )
-        ledger_id = _write(cur, sql + CHARGE_ROW, params)
+        ledger_id = _write(cur, sql + RECORD_CHARGE.call(), params)
         return {**outcome, "ledger_id": ledger_id}
     finally:
         if conn.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
@@ -170,7 +239,7 @@ def _resets_sql(
     params = {**params, "at": now}
     for reset in restored:
         prefix = f"reset_{reset.source}_"
-        sql += RESET_ROW.format(p=prefix)
+        sql += RECORD_RESET.call(prefix, ("source", "start", "restored"))
         params[f"{prefix}source"] = str(reset.source)
         params[f"{prefix}start"] = reset.period_start
         params[f"{prefix}restored"] = reset.amount

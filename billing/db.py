@@ -47,7 +47,13 @@ def create_db_engine(url: str, *, pool_size: int = 2) -> Engine:
         # died while pooled fails its task's first attempt, which is retried on a new one.
         pool_pre_ping=False,
         pool_recycle=1800,
-        connect_args={"application_name": "billing-processor", "connect_timeout": 10},
+        connect_args={
+            "application_name": "billing-processor",
+            "connect_timeout": 10,
+            # psycopg's own automatic preparing would DEALLOCATE ALL on a rollback, the
+            # charge's prepared statements with its own (see billing.charges_pg.prepare).
+            "prepare_threshold": None,
+        },
     )
 
 
