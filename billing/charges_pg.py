@@ -238,11 +238,11 @@ def _resets_sql(
     sql = ""
     params = {**params, "at": now}
     for reset in restored:
+        # Up to two resets in one query: each one's own parameters carry its source's prefix.
         prefix = f"reset_{reset.source}_"
-        sql += RECORD_RESET.call(prefix, ("source", "start", "restored"))
-        params[f"{prefix}source"] = str(reset.source)
-        params[f"{prefix}start"] = reset.period_start
-        params[f"{prefix}restored"] = reset.amount
+        own = {"source": str(reset.source), "start": reset.period_start, "restored": reset.amount}
+        sql += RECORD_RESET.call(prefix, tuple(own))
+        params.update({prefix + name: value for name, value in own.items()})
     return sql, params
 
 

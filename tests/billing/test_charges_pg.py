@@ -8,7 +8,6 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 from sqlalchemy import Engine
-from sqlalchemy.engine import make_url
 
 from billing import charges_pg
 from billing.settings import get_settings
@@ -21,8 +20,7 @@ NAMES = sorted(s.name for s in charges_pg.STATEMENTS)
 
 @pytest.fixture
 def conn(engine: Engine) -> Iterator[psycopg.Connection]:
-    url = make_url(str(engine.url.render_as_string(hide_password=False)))
-    dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
     with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as connection:
         yield connection
 
