@@ -9,6 +9,10 @@
   round trip that durably commits one row, under a unique key, referencing the account (a
   statement on an autocommit connection). No correct charge can do less, so its rate is the
   ceiling of every charge's rate on the machine that measures it.
+- ``bench.locked_insert``: the same durable insert, after a first round trip that opens the
+  transaction and reads the account under its row lock. A charge whose rules run in Python
+  must see the account before it can choose what to draw, so it cannot do less than this: its
+  rate is the ceiling of every such charge, ours included.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from psycopg import Connection
+from psycopg import ClientCursor, Connection
 
 from billing import charges, results, rules
 from billing.rules import AccountRow
@@ -89,6 +93,23 @@ def _durable_insert(conn: Connection, args: ChargeArgs) -> None:
 @app.task(bind=True, base=BillingTask, name="bench.durable_insert")
 def durable_insert(self: BillingTask, *args: Any, **kwargs: Any) -> results.Result:
     return _reference(self, args, kwargs, _durable_insert)
+
+
+def _locked_insert(conn: Connection, args: ChargeArgs) -> None:
+    cur = ClientCursor(conn)
+    cur.execute("BEGIN; SELECT id FROM users WHERE id = %s FOR UPDATE", (args.user_id,))
+    cur.nextset()
+    if cur.fetchone() is None:
+        raise RuntimeError(f"no account {args.user_id}")
+    cur.execute(
+        "INSERT INTO bench_durable_insert (idempotency_key, user_id) VALUES (%s, %s); COMMIT",
+        (args.idempotency_key, args.user_id),
+    )
+
+
+@app.task(bind=True, base=BillingTask, name="bench.locked_insert")
+def locked_insert(self: BillingTask, *args: Any, **kwargs: Any) -> results.Result:
+    return _reference(self, args, kwargs, _locked_insert)
 
 
 __all__ = ["DURABLE_INSERT_TABLE", "app"]

@@ -10,9 +10,10 @@ database 13 of the local Redis, flushed). Results: bench/results/bench.json and 
 Scenarios (each throughput figure is the median of --repeat runs, with its min-max):
 1. floor: a no-op task, same worker configuration, events on and off;
 2. charges: generation charges across many accounts of every kind, ratio to the floor, beside
-   two references measured in the same rounds: the charge frame (a charge without the
-   database) and one durable insert (the frame plus the least any charge must write: see
-   bench.app), which bound from above what any charge can reach on this machine;
+   three references measured in the same rounds: the charge frame (a charge without the
+   database), one durable insert (the frame plus the least any charge must write) and the
+   same insert after a locked read of the account (the least a charge whose rules run in
+   Python must do); see bench.app. They bound from above what a charge can reach here;
 3. hot account: the same against 10 accounts;
 4. latency under load: charges and no-ops at half the charges' maximum rate;
 5. resets: reset_due_limits against one plain UPDATE of the same rows;
@@ -104,13 +105,14 @@ def throughput_scenarios(args: argparse.Namespace, db_url: str) -> dict[str, Any
         with tp.workers(app, env, args.concurrency, LOG_DIR):
             tp.run_stream(app, noops(200))  # warm up: connections, prepared plans
             tp.run_stream(app, charges(200, args.accounts))
-            floor, charge, hot, frame, bound = [], [], [], [], []
+            floor, charge, hot, frame, bound, locked = [], [], [], [], [], []
             for _ in range(args.repeat):
                 floor.append(tp.run_stream(app, noops(args.tasks)))
                 if events:
                     # The two references between the floor and a charge (see bench.app).
                     frame.append(tp.run_stream(app, as_charges("bench.charge_frame", args.tasks)))
                     bound.append(tp.run_stream(app, as_charges("bench.durable_insert", args.tasks)))
+                    locked.append(tp.run_stream(app, as_charges("bench.locked_insert", args.tasks)))
                 charge.append(tp.run_stream(app, charges(args.tasks, args.accounts)))
                 if events:
                     hot.append(tp.run_stream(app, charges(args.tasks, 10)))
@@ -119,6 +121,7 @@ def throughput_scenarios(args: argparse.Namespace, db_url: str) -> dict[str, Any
             if events:
                 out["frame_events_on"] = tp.median_of(frame)
                 out["durable_insert_events_on"] = tp.median_of(bound)
+                out["locked_insert_events_on"] = tp.median_of(locked)
                 out["cpu_per_task_ms"] = cpu_breakdown(
                     app,
                     {
@@ -325,6 +328,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
         "floor_events_on",
         "frame_events_on",
         "durable_insert_events_on",
+        "locked_insert_events_on",
         "charges_events_on",
         "hot_account",
         "floor_events_off",
@@ -334,17 +338,19 @@ def chart(results: dict[str, Any], path: Path) -> None:
         "floor\nevents on",
         "frame\n(no database)",
         "one durable\ninsert",
+        "lock, then\ndurable insert",
         "charges\nevents on",
         "hot account\nevents on",
         "floor\nevents off",
         "charges\nevents off",
     ]
-    fig, (left, right, third) = plt.subplots(1, 3, figsize=(22, 5))
+    fig, (left, right, third) = plt.subplots(1, 3, figsize=(24, 5))
     rates = [t[n]["tasks_per_s"]["median"] for n in names]
     lows = [t[n]["tasks_per_s"]["median"] - t[n]["tasks_per_s"]["min"] for n in names]
     highs = [t[n]["tasks_per_s"]["max"] - t[n]["tasks_per_s"]["median"] for n in names]
-    colors = ["#999", "#9c9", "#396", "#36c", "#c63", "#bbb", "#69c"]
+    colors = ["#999", "#9c9", "#396", "#6a4", "#36c", "#c63", "#bbb", "#69c"]
     left.bar(labels, rates, yerr=[lows, highs], color=colors)
+    left.tick_params(axis="x", labelsize=8)
     left.set_ylabel("tasks/s, first send to last result (median, min-max)")
     left.set_title("Throughput")
     load = t["under_load"]
@@ -402,6 +408,7 @@ def table(results: dict[str, Any]) -> str:
         ("floor_events_on", floor),
         ("frame_events_on", floor),
         ("durable_insert_events_on", floor),
+        ("locked_insert_events_on", floor),
         ("charges_events_on", floor),
         ("hot_account", floor),
         ("floor_events_off", t["floor_events_off"]["tasks_per_s"]["median"]),
