@@ -1,6 +1,6 @@
 """Benchmark: reset N due accounts with billing.reset_due_limits, against one plain UPDATE.
 
-    python -m bench.resets [--accounts 1000000] [--repeat 3] [--batch 3000]
+    python -m bench.resets [--accounts 1000000] [--repeat 3] [--target-ms 40]
 
 Both sides start from the same state: a freshly loaded, vacuumed table of due accounts (a third
 of them with nothing used, so no reset record is written for them), an empty reset journal and
@@ -18,7 +18,7 @@ from sqlalchemy import create_engine, text
 
 from bench.common import scratch_database, summary, timed, write_json
 from billing.db import create_db_engine, session_factory
-from billing.resets import BATCH_SIZE, reset_due_limits
+from billing.resets import BATCH_TARGET_MS, reset_due_limits
 from billing.settings import Settings
 
 LOAD = """
@@ -50,7 +50,7 @@ def _reload(engine, n: int) -> None:
         conn.execute(text("CHECKPOINT"))
 
 
-def measure(accounts: int, repeat: int, batch: int) -> dict:
+def measure(accounts: int, repeat: int, target_ms: float = BATCH_TARGET_MS) -> dict:
     url = scratch_database("billing_bench_resets")
     engine = create_engine(url)
     factory = session_factory(create_db_engine(url))
@@ -68,18 +68,19 @@ def measure(accounts: int, repeat: int, batch: int) -> dict:
         plain.append(seconds)
 
         _reload(engine, accounts)
-        seconds, totals = timed(lambda: reset_due_limits(factory, settings, batch))
+        seconds, totals = timed(lambda: reset_due_limits(factory, settings, target_ms))
         assert totals["reset"] == accounts, totals
         ours.append(seconds)
         details.append(totals)
     engine.dispose()
     return {
         "accounts": accounts,
-        "batch": batch,
+        "batch_target_ms": target_ms,
         "plain_update_s": summary(plain),
         "reset_due_limits_s": summary(ours),
         "ratio_median": summary(ours)["median"] / summary(plain)["median"],
         "slowest_batch_ms": max(d["slowest_batch_ms"] for d in details),
+        "batches": [d["batches"] for d in details],
         "reset_rows_written": details[-1]["recorded"],
         "runs": details,
     }
@@ -89,9 +90,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--accounts", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=BATCH_SIZE)
+    parser.add_argument("--target-ms", type=float, default=BATCH_TARGET_MS)
     args = parser.parse_args()
-    result = measure(args.accounts, args.repeat, args.batch)
+    result = measure(args.accounts, args.repeat, args.target_ms)
     path = write_json("resets", result)
     p, o = result["plain_update_s"], result["reset_due_limits_s"]
     print(f"{'scenario':<34} {'median s':>9} {'min-max s':>15}  ratio")
@@ -104,7 +105,8 @@ def main() -> None:
         f"{o['min']:>7.2f}-{o['max']:<7.2f}  {result['ratio_median']:.2f}"
     )
     print(
-        f"{args.accounts} accounts, batches of {args.batch}; slowest batch (longest any row "
+        f"{args.accounts} accounts, batches aiming at {args.target_ms:.0f} ms"
+        f" ({result['batches'][-1]} in the last run); slowest batch (longest any row "
         f"lock was held) {result['slowest_batch_ms']:.0f} ms; "
         f"{result['reset_rows_written']} reset records written per run"
     )

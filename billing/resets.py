@@ -122,16 +122,32 @@ SELECT (SELECT count(*) FROM reset) AS reset,
 )
 
 
-# Accounts per batch: a batch holds its rows' locks for as long as it takes, and a charge for
-# one of those accounts waits that long. Measured on 2 cores (python -m bench.resets, each run
-# starting from a checkpoint, so every page pays its full-page WAL image as it would in
-# production): the slowest batch of 1,000,000 accounts took 73 ms at 3,000, 84 ms at 3,500 and
-# 96 ms at 4,000, while the whole reset took the same 16.2-16.5 s at all three.
-BATCH_SIZE = 3000
+# A batch holds its rows' locks for as long as it takes, and a charge for one of those accounts
+# waits that long, so batches are sized by time, not by a count fixed for one machine: batches
+# of 3,000 rows, whose slowest took 73-96 ms on one day on 2 cores, took 107 ms on a slower
+# one. Measured on that slower day (1,000,000 accounts, each run starting from a checkpoint,
+# so every page pays its full-page WAL image as it would in production): a row costs about
+# 25 us, the slowest batch of a run takes about 1.5x the median, and the whole reset took the
+# same time within 5% with batches of 1,500 rows (median 38 ms) as with 3,000. Aiming at 40 ms
+# keeps every batch well inside a 100 ms budget.
+BATCH_TARGET_MS = 40.0
+FIRST_BATCH = 1000
+MIN_BATCH = 100
+MAX_BATCH = 20_000
+
+
+def next_batch_size(size: int, elapsed_ms: float, target_ms: float = BATCH_TARGET_MS) -> int:
+    """The next batch's size: scaled to what the last one took, shrinking at once when it was
+    slow but at most doubling when it was fast, so one lucky batch cannot overshoot."""
+    scaled = int(size * target_ms / max(elapsed_ms, 0.001))
+    return max(MIN_BATCH, min(MAX_BATCH, 2 * size, scaled))
 
 
 def reset_due_limits(
-    factory: sessionmaker[Session], settings: Settings, batch_size: int = BATCH_SIZE
+    factory: sessionmaker[Session],
+    settings: Settings,
+    target_ms: float = BATCH_TARGET_MS,
+    first_batch: int = FIRST_BATCH,
 ) -> dict[str, Any]:
     """Reset every account whose allowance period has elapsed, batch by batch.
 
@@ -140,6 +156,7 @@ def reset_due_limits(
     """
     totals = {"reset": 0, "recorded": 0, "batches": 0, "slowest_batch_ms": 0.0}
     after = 0
+    size = first_batch
     while True:
         started = time.perf_counter()
         with transaction(factory) as session:
@@ -151,11 +168,7 @@ def reset_due_limits(
             session.execute(text("SET LOCAL synchronous_commit = off"))
             row = session.execute(
                 _RESET_BATCH_SQL,
-                {
-                    "period": settings.reset_period_days * 86400,
-                    "after": after,
-                    "batch": batch_size,
-                },
+                {"period": settings.reset_period_days * 86400, "after": after, "batch": size},
             ).one()
         # The batch's row locks are held from its statement until this commit.
         elapsed_ms = (time.perf_counter() - started) * 1000
@@ -163,9 +176,10 @@ def reset_due_limits(
         totals["batches"] += 1
         totals["reset"] += row.reset
         totals["recorded"] += row.recorded
-        if row.locked < batch_size:
+        if row.locked < size:
             return totals
         after = row.last_id
+        size = next_batch_size(size, elapsed_ms, target_ms)
 
 
 def _reset_embedded(session: Session, settings: Settings, totals: dict[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,8 @@ from datetime import timedelta
 
 from sqlalchemy import text
 
+from billing import resets
+from billing.db import session_factory
 from billing.rules import as_utc
 from billing.settings import get_settings
 from tests.conftest import RESULT_TIMEOUT, days_ago, ledger_rows, reset_rows
@@ -86,6 +88,32 @@ def test_two_reset_runs_at_once_reset_each_account_once(worker, engine):
         ).one()
     assert (zeroed, moved) == (5000, 5000)
     assert (recorded, accounts_recorded) == (5000, 5000)
+
+
+def test_batches_grow_while_fast_and_every_due_account_is_reset_once(engine):
+    anchor = days_ago(31)
+    _bulk_due_accounts(engine, 300, anchor)
+    factory = session_factory(engine)
+
+    # A target no batch can reach: each batch doubles, from the least size on (10, 100, 200).
+    totals = resets.reset_due_limits(factory, get_settings(), target_ms=10**9, first_batch=10)
+
+    assert (totals["batches"], totals["reset"], totals["recorded"]) == (3, 300, 300)
+    with engine.connect() as conn:
+        moved = conn.execute(
+            text("SELECT count(*) FROM users WHERE freemium_reset_at = :moved"),
+            {"moved": anchor + timedelta(days=30)},
+        ).scalar_one()
+    assert moved == 300
+    assert resets.reset_due_limits(factory, get_settings())["reset"] == 0
+
+
+def test_a_slow_batch_shrinks_the_next_to_the_time_target():
+    assert resets.next_batch_size(3000, elapsed_ms=120, target_ms=40) == 1000
+    assert resets.next_batch_size(1000, elapsed_ms=1, target_ms=40) == 2000  # at most double
+    assert resets.next_batch_size(1000, elapsed_ms=30, target_ms=40) == 1333
+    assert resets.next_batch_size(500, elapsed_ms=10_000, target_ms=40) == resets.MIN_BATCH
+    assert resets.next_batch_size(resets.MAX_BATCH, elapsed_ms=1) == resets.MAX_BATCH
 
 
 def test_reset_racing_100_concurrent_charges_loses_nothing(worker, accounts, engine):
