@@ -15,7 +15,7 @@ Scenarios (each throughput figure is the median of --repeat runs, with its min-m
    same insert after a locked read of the account (the least a charge whose rules run in
    Python must do); see bench.app. They bound from above what a charge can reach here;
 3. hot account: the same against 10 accounts;
-4. latency under load: charges and no-ops at half the charges' maximum rate;
+4. latency under load: charges and no-ops at half the charges' maximum rate, alternated;
 5. resets: reset_due_limits against one plain UPDATE of the same rows;
 6. ledger reads: the first page and a page 1,000 deep of a user with many rows;
 7. database work per charge: statements, round trips and transactions per charge, and the
@@ -135,10 +135,14 @@ def throughput_scenarios(args: argparse.Namespace, db_url: str) -> dict[str, Any
                 out["hot_account"] = tp.median_of(hot)
                 rate = 0.5 * statistics.median(r.rate for r in charge)
                 n = max(int(rate * 20), 200)  # about 20 seconds at that rate
+                paced_floor, paced_charges = [], []
+                for _ in range(args.repeat):  # alternated, so drift hits both sides alike
+                    paced_floor.append(tp.run_stream(app, noops(n), rate=rate))
+                    paced_charges.append(tp.run_stream(app, charges(n, args.accounts), rate=rate))
                 out["under_load"] = {
                     "rate_per_s": rate,
-                    "floor": tp.run_stream(app, noops(n), rate=rate).summary(),
-                    "charges": tp.run_stream(app, charges(n, args.accounts), rate=rate).summary(),
+                    "floor": tp.median_of(paced_floor),
+                    "charges": tp.median_of(paced_charges),
                 }
     return out
 
@@ -356,10 +360,13 @@ def chart(results: dict[str, Any], path: Path) -> None:
     load = t["under_load"]
     pcts = ["p50_ms", "p95_ms", "p99_ms"]
     x = range(len(pcts))
-    right.bar([i - 0.2 for i in x], [load["floor"][p] for p in pcts], width=0.4, label="no-op")
-    right.bar([i + 0.2 for i in x], [load["charges"][p] for p in pcts], width=0.4, label="charge")
+    for side, shift, label in (("floor", -0.2, "no-op"), ("charges", 0.2, "charge")):
+        r = [load[side][p] for p in pcts]
+        spread = [[v["median"] - v["min"] for v in r], [v["max"] - v["median"] for v in r]]
+        medians = [v["median"] for v in r]
+        right.bar([i + shift for i in x], medians, yerr=spread, width=0.4, label=label)
     right.set_xticks(list(x), ["p50", "p95", "p99"])
-    right.set_ylabel("ms, send to result stored")
+    right.set_ylabel("ms, send to result stored (median, min-max)")
     right.set_title(f"Latency at {load['rate_per_s']:.0f}/s (half the charges' maximum)")
     right.legend()
     cpu = t["cpu_per_task_ms"]
@@ -422,12 +429,16 @@ def table(results: dict[str, Any]) -> str:
             f"{r['p95_ms']['median']:>8.0f} {r['p99_ms']['median']:>8.0f}"
         )
     load = t["under_load"]
-    floor_p50, charge_p50 = load["floor"]["p50_ms"], load["charges"]["p50_ms"]
-    floor_p99, charge_p99 = load["floor"]["p99_ms"], load["charges"]["p99_ms"]
+
+    def paced(side: str, pct: str) -> str:
+        r = load[side][pct]
+        return f"{r['median']:.1f} ms ({r['min']:.1f}-{r['max']:.1f})"
+
+    added = load["charges"]["p50_ms"]["median"] - load["floor"]["p50_ms"]["median"]
     lines.append(
-        f"under load at {load['rate_per_s']:.0f}/s: p50 no-op {floor_p50:.1f} ms, charge"
-        f" {charge_p50:.1f} ms (+{charge_p50 - floor_p50:.1f}); p99 no-op {floor_p99:.1f} ms,"
-        f" charge {charge_p99:.1f} ms"
+        f"under load at {load['rate_per_s']:.0f}/s (medians, min-max): p50 no-op"
+        f" {paced('floor', 'p50_ms')}, charge {paced('charges', 'p50_ms')}, +{added:.1f} ms;"
+        f" p99 no-op {paced('floor', 'p99_ms')}, charge {paced('charges', 'p99_ms')}"
     )
     lines.extend(cpu_lines(t["cpu_per_task_ms"]))
     if "resets" in results:
