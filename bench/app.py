@@ -83,11 +83,11 @@ CREATE TABLE IF NOT EXISTS bench_durable_insert (
 """
 
 
+INSERT_ROW = "INSERT INTO bench_durable_insert (idempotency_key, user_id) VALUES (%s, %s)"
+
+
 def _durable_insert(conn: Connection, args: ChargeArgs) -> None:
-    conn.execute(
-        "INSERT INTO bench_durable_insert (idempotency_key, user_id) VALUES (%s, %s)",
-        (args.idempotency_key, args.user_id),
-    )
+    conn.execute(INSERT_ROW, (args.idempotency_key, args.user_id))
 
 
 @app.task(bind=True, base=BillingTask, name="bench.durable_insert")
@@ -101,10 +101,7 @@ def _locked_insert(conn: Connection, args: ChargeArgs) -> None:
     cur.nextset()
     if cur.fetchone() is None:
         raise RuntimeError(f"no account {args.user_id}")
-    cur.execute(
-        "INSERT INTO bench_durable_insert (idempotency_key, user_id) VALUES (%s, %s); COMMIT",
-        (args.idempotency_key, args.user_id),
-    )
+    cur.execute(f"{INSERT_ROW}; COMMIT", (args.idempotency_key, args.user_id))
 
 
 @app.task(bind=True, base=BillingTask, name="bench.locked_insert")

@@ -109,7 +109,7 @@ def throughput_scenarios(args: argparse.Namespace, db_url: str) -> dict[str, Any
             for _ in range(args.repeat):
                 floor.append(tp.run_stream(app, noops(args.tasks)))
                 if events:
-                    # The two references between the floor and a charge (see bench.app).
+                    # The three references between the floor and a charge (see bench.app).
                     frame.append(tp.run_stream(app, as_charges("bench.charge_frame", args.tasks)))
                     bound.append(tp.run_stream(app, as_charges("bench.durable_insert", args.tasks)))
                     locked.append(tp.run_stream(app, as_charges("bench.locked_insert", args.tasks)))
