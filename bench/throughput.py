@@ -89,17 +89,11 @@ def producer_gc_paused() -> Iterator[None]:
         gc.enable()
 
 
+@producer_gc_paused()
 def run_stream(
     app, messages: list[tuple[str, dict[str, Any]]], rate: float | None = None
 ) -> StreamResult:
     """Send every message (paced at ``rate`` per second if given) and wait for all results."""
-    with producer_gc_paused():
-        return _run_stream(app, messages, rate)
-
-
-def _run_stream(
-    app, messages: list[tuple[str, dict[str, Any]]], rate: float | None
-) -> StreamResult:
     sent: list[tuple[float, AsyncResult]] = []
     started = time.time()
     for i, (name, kwargs) in enumerate(messages):
