@@ -21,6 +21,9 @@ enable_utc = True
 # dying worker held goes back to the queue. The effect stays exactly-once because the
 # idempotency key is unique in the database.
 task_acks_late = True
+# A child stuck in one task longer than this is killed by the pool (the set-based jobs carry
+# their own, longer limit); the database's own timeouts release its locks well before.
+task_time_limit = _settings.task_time_limit_seconds
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
 # Redis redelivers an unacknowledged message after this many seconds: it must be longer than

@@ -26,6 +26,8 @@ from psycopg import ClientCursor, Connection
 from billing import charges, results, rules
 from billing.rules import AccountRow
 from billing.settings import Settings
+from billing.store import Store
+from billing.store_pg import PgStore
 from billing.validation import ChargeArgs
 from models import Operation
 from tasks.base import BillingTask
@@ -40,7 +42,7 @@ def noop(**_kwargs: object) -> dict[str, object]:
 def _charge_in_memory(args: ChargeArgs, settings: Settings) -> results.Result:
     now = datetime.now(UTC)
     account = AccountRow(args.user_id, "user", None, None, 0, 0, now, 5, now, 1_000_000)
-    cost = charges.effective_cost(Operation.GENERATION, args, settings)
+    cost = charges.Charge(Operation.GENERATION, args).recorded_cost(settings)
     draw = rules.choose_draw(account, Operation.GENERATION, cost, now, settings)
     assert draw is not None
     rules.take(account, draw)
@@ -59,14 +61,13 @@ def _reference(
     autocommit mode, which costs no round trip by itself), not the ORM session the embedded
     default uses, whose begin and commit a PostgreSQL charge never pays."""
 
-    def on_connection(conn: Connection, parsed: ChargeArgs, settings: Settings) -> results.Result:
-        db_work(conn, parsed)
+    def on_store(store: Store, parsed: ChargeArgs, settings: Settings) -> results.Result:
+        if not isinstance(store, PgStore):
+            raise RuntimeError("the bench's reference tasks run on PostgreSQL only")
+        db_work(store.conn, parsed)
         return _charge_in_memory(parsed, settings)
 
-    def without_postgresql(*_: object) -> results.Result:
-        raise RuntimeError("the bench's reference tasks run on PostgreSQL only")
-
-    return task.execute(ChargeArgs, args, kwargs, without_postgresql, on_connection)
+    return task.execute(ChargeArgs, args, kwargs, on_store)
 
 
 @app.task(bind=True, base=BillingTask, name="bench.charge_frame")

@@ -229,8 +229,9 @@ def db_work_scenario(args: argparse.Namespace, db_url: str) -> dict[str, Any]:
     """Statements, round trips and transactions per charge, counted on the real path."""
     import psycopg
 
-    from billing import charges_pg
+    from billing import charges, frame
     from billing.settings import Settings
+    from billing.store_pg import PgStore
     from billing.validation import ChargeArgs
     from models import Operation
 
@@ -250,7 +251,7 @@ def db_work_scenario(args: argparse.Namespace, db_url: str) -> dict[str, Any]:
         parsed = ChargeArgs.parse(
             (), {"user_id": 1 + (i * 7919) % args.accounts, "idempotency_key": f"dbw-{i}"}
         )
-        charges_pg.charge(conn, Operation.GENERATION, parsed, settings)
+        frame.run(PgStore(conn), charges.Charge(Operation.GENERATION, parsed), settings)
 
     n = 500
     with psycopg.connect(url, autocommit=True, prepare_threshold=None) as conn:

@@ -1,49 +1,41 @@
-"""Loading an account up to date (lazy resets, tier normalisation) and reading its state."""
+"""Reading an account's state, brought up to date (lazy resets, tier normalisation)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
-
-from billing import resets, results, rules
+from billing import frame, results, rules
+from billing.frame import Decision, Movement
+from billing.rules import AccountRow
 from billing.settings import Settings
+from billing.store import Store
 from billing.validation import UserArgs
-from models import User
 
 
-def load_for_update(
-    session: Session, user_id: int, settings: Settings
-) -> tuple[User, datetime] | None:
-    """Lock the account row, bring it up to date and return it with the database's clock.
+class BringUpToDate(Movement):
+    """A keyless pass through the frame: lock, bring up to date, store it, answer the state."""
 
-    The row lock serialises every charge of one user across all worker processes; the
-    transaction's ``now()`` is the one clock all of them share.
-    """
-    row = session.execute(
-        select(User, func.now()).where(User.id == user_id).with_for_update()
-    ).first()
-    if row is None:
-        return None
-    user, now = row
-    now = rules.effective_now(user, now)
-    resets.refresh_and_record(session, user, now, settings)
-    return user, now
+    key = None
+    operation = "state"
+
+    def __init__(self, user_id: int) -> None:
+        self.user_id = user_id
+
+    def decide(self, account: AccountRow, now: datetime, settings: Settings) -> Decision:
+        return Decision(results.success(state=rules.account_state(account, now, settings)))
 
 
-def get_state(session: Session, args: UserArgs, settings: Settings) -> results.Result:
+def get_state(store: Store, args: UserArgs, settings: Settings) -> results.Result:
     if not settings.v4_enabled:
         return results.billing_disabled()
-    # Reads take no lock unless the account needs a reset or a tier fix stored.
-    row = session.execute(select(User, func.now()).where(User.id == args.user_id)).first()
-    if row is None:
+    # A read takes no lock unless the account needs a reset or a tier fix stored. Then the
+    # frame reads it again under its row lock: what this first read saw is never written.
+    account, now = store.peek(args.user_id)
+    if account is None:
         return results.user_not_found(args.user_id)
-    user, now = row
-    if rules.refresh_changes(user, now, settings):
-        loaded = load_for_update(session, args.user_id, settings)
-        if loaded is None:  # deleted between the two statements
-            return results.user_not_found(args.user_id)
-        user, now = loaded
-        session.flush()
-    return results.success(state=rules.account_state(user, now, settings))
+    if not rules.refresh_changes(account, rules.effective_now(account, now), settings):
+        return results.success(state=rules.account_state(account, now, settings))
+    outcome = frame.run(store, BringUpToDate(args.user_id), settings)
+    if outcome["code"] == results.NOT_FOUND:  # gone between the two reads
+        return results.user_not_found(args.user_id)
+    return outcome

@@ -5,12 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.orm import Session
-
-from billing import idempotency, ledger, results, rules
+from billing import results, rules
+from billing.frame import Decision, Movement
+from billing.rules import AccountRow
 from billing.settings import Settings
+from billing.store import Entry
 from billing.validation import ChargeArgs
-from models import EntryType, Operation, User
+from models import EntryType, Operation
 
 
 def default_cost(operation: Operation, settings: Settings) -> int:
@@ -42,49 +43,33 @@ def unpaid_outcome(
     )
 
 
-def effective_cost(operation: Operation, args: ChargeArgs, settings: Settings) -> int:
-    return args.cost if args.cost is not None else default_cost(operation, settings)
+class Charge(Movement):
+    """A generation or assistant charge; a 402 is remembered like a paid charge."""
 
+    def __init__(self, operation: Operation, args: ChargeArgs) -> None:
+        self.kind = operation
+        self.args = args
+        self.key = args.idempotency_key
+        self.user_id = args.user_id
+        self.operation = str(operation)
+        self.requested_cost = args.cost
 
-def charge(
-    session: Session, operation: Operation, args: ChargeArgs, settings: Settings
-) -> results.Result:
-    """One charge in the caller's ORM transaction (the embedded SQLite default; PostgreSQL
-    takes ``charges_pg``). Raises KeyRaced if a concurrent transaction committed the same
-    key first; the caller then replays in a new one."""
-    if not settings.v4_enabled:
-        return results.billing_disabled()
-    cost = effective_cost(operation, args, settings)
-    key = args.idempotency_key
+    def enabled(self, settings: Settings) -> results.Result | None:
+        return None if settings.v4_enabled else results.billing_disabled()
 
-    def pay(user: User, now: datetime) -> tuple[results.Result, int | None]:
-        draw = rules.choose_draw(user, operation, cost, now, settings)
+    def recorded_cost(self, settings: Settings) -> int:
+        if self.requested_cost is not None:
+            return self.requested_cost
+        return default_cost(self.kind, settings)
+
+    def decide(self, account: AccountRow, now: datetime, settings: Settings) -> Decision:
+        cost = self.recorded_cost(settings)
+        key = self.args.idempotency_key
+        draw = rules.choose_draw(account, self.kind, cost, now, settings)
         if draw is None:
-            return unpaid_outcome(
-                operation, cost, key, rules.account_state(user, now, settings)
-            ), None
-        rules.take(user, draw)
-        session.flush()  # the UPDATE; CHECK constraints stop any overdraft the rules missed
-        ledger_id = ledger.record(
-            session,
-            user,
-            at=now,
-            key=key,
-            entry_type=EntryType.CHARGE,
-            source=draw.source,
-            amount=draw.amount,
-            operation=operation,
-            meta=args.meta,
-        )
-        outcome = paid_outcome(draw, key, rules.account_state(user, now, settings))
-        return {**outcome, "ledger_id": ledger_id}, ledger_id
-
-    return idempotency.run_keyed(
-        session,
-        key=key,
-        user_id=args.user_id,
-        operation=operation,
-        cost=cost,
-        settings=settings,
-        body=pay,
-    )
+            state = rules.account_state(account, now, settings)
+            return Decision(unpaid_outcome(self.kind, cost, key, state), cost=cost)
+        rules.take(account, draw)
+        entry = Entry(EntryType.CHARGE, draw.source, draw.amount, self.kind, self.args.meta)
+        state = rules.account_state(account, now, settings)
+        return Decision(paid_outcome(draw, key, state), entry, cost)

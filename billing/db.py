@@ -33,7 +33,8 @@ def mask_url(url: str) -> str:
         return "<unparseable url>"
 
 
-def create_db_engine(url: str, *, pool_size: int = 2) -> Engine:
+def create_db_engine(url: str, *, pool_size: int = 2, session_options: str = "") -> Engine:
+    """``session_options``: PostgreSQL settings for every connection (``-c name=value ...``)."""
     url = normalise_url(url)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30})
@@ -51,8 +52,9 @@ def create_db_engine(url: str, *, pool_size: int = 2) -> Engine:
             "application_name": "billing-processor",
             "connect_timeout": 10,
             # psycopg's own automatic preparing would DEALLOCATE ALL on a rollback, the
-            # charge's prepared statements with its own (see billing.charges_pg.prepare).
+            # charge's prepared statements with its own (see billing.store_pg.prepare).
             "prepare_threshold": None,
+            **({"options": session_options} if session_options else {}),
         },
     )
 

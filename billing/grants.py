@@ -4,52 +4,34 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy.orm import Session
-
-from billing import idempotency, ledger, results, rules
+from billing import results, rules
+from billing.frame import Decision, Movement
+from billing.rules import AccountRow
 from billing.settings import Settings
+from billing.store import Entry
 from billing.validation import GrantArgs
-from models import EntryType, LedgerSource, User
-
-MAX_BALANCE = 2**31 - 1  # users.balance_credits is a PostgreSQL integer
+from models import EntryType, LedgerSource
 
 
-def grant_credits(session: Session, args: GrantArgs, settings: Settings) -> results.Result:
-    key = args.idempotency_key
+class Grant(Movement):
+    """Credits in; the frame refuses one that would take the balance past its ceiling."""
 
-    def top_up(user: User, now: datetime) -> tuple[results.Result, int | None]:
-        if user.balance_credits + args.amount > MAX_BALANCE:
-            # Not remembered: the outcome is refused, as a 422 is, and nothing is written.
-            raise idempotency.Refused(
-                results.invalid("amount", f"the balance would exceed {MAX_BALANCE} credits")
-            )
-        user.balance_credits += args.amount
-        session.flush()
-        ledger_id = ledger.record(
-            session,
-            user,
-            at=now,
-            key=key,
-            entry_type=EntryType.GRANT,
-            source=LedgerSource.CREDITS,
-            amount=args.amount,
-            meta=args.meta,
-        )
-        return results.success(
+    operation = "grant"
+
+    def __init__(self, args: GrantArgs) -> None:
+        self.args = args
+        self.key = args.idempotency_key
+        self.user_id = args.user_id
+        self.requested_cost = args.amount
+
+    def decide(self, account: AccountRow, now: datetime, settings: Settings) -> Decision:
+        account.balance_credits += self.args.amount
+        outcome = results.success(
             source=str(LedgerSource.CREDITS),
-            amount=args.amount,
-            ledger_id=ledger_id,
-            idempotency_key=key,
+            amount=self.args.amount,
+            idempotency_key=self.key,
             replayed=False,
-            state=rules.account_state(user, now, settings),
-        ), ledger_id
-
-    return idempotency.run_keyed(
-        session,
-        key=key,
-        user_id=args.user_id,
-        operation="grant",
-        cost=args.amount,
-        settings=settings,
-        body=top_up,
-    )
+            state=rules.account_state(account, now, settings),
+        )
+        entry = Entry(EntryType.GRANT, LedgerSource.CREDITS, self.args.amount, meta=self.args.meta)
+        return Decision(outcome, entry, self.args.amount)

@@ -2,55 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from billing import results
-from billing.dml import KeyRaced, insert_unless_exists
 from billing.rules import as_utc
 from billing.validation import LedgerArgs
-from models import EntryType, LedgerEntry, LedgerSource, Operation, User
-
-
-def record(
-    session: Session,
-    user: User,
-    *,
-    key: str,
-    entry_type: EntryType,
-    source: LedgerSource,
-    amount: int,
-    operation: Operation | None = None,
-    meta: dict[str, Any] | None = None,
-    refund_of_id: int | None = None,
-    key_may_exist: bool = False,
-    at: datetime | None = None,
-) -> int | None:
-    """Append one movement with the account's counters after it; returns the row id.
-
-    A key already in the ledger raises KeyRaced, or returns None with ``key_may_exist``.
-    """
-    stmt = insert_unless_exists(session, LedgerEntry.__table__).values(
-        user_id=user.id,
-        entry_type=entry_type,
-        source=source,
-        operation=operation,
-        amount=amount,
-        idempotency_key=key,
-        balance_credits_after=user.balance_credits,
-        subscription_ops_used_after=user.subscription_ops_used,
-        freemium_actions_used_after=user.freemium_actions_used,
-        meta=meta,
-        refund_of_id=refund_of_id,
-        **({"created_at": at} if at is not None else {}),
-    )
-    ledger_id = session.execute(stmt.returning(LedgerEntry.id)).scalar()
-    if ledger_id is None and not key_may_exist:
-        raise KeyRaced(key)
-    return ledger_id
+from models import LedgerEntry, User
 
 
 def entry_json(entry: LedgerEntry) -> dict[str, Any]:

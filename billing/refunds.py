@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from datetime import datetime
 
-from billing import accounts, idempotency, ledger, results, rules
+from billing import frame, results, rules
+from billing.frame import Decision, Movement
+from billing.rules import AccountRow
 from billing.settings import Settings
+from billing.store import ChargeRow, Entry, Store
 from billing.validation import RESERVED_KEY_PREFIX, RefundArgs
-from models import BillingRequest, EntryType, LedgerEntry, LedgerSource
+from models import EntryType, LedgerSource
 
 CHARGE_NOT_FOUND = "charge_not_found"
 
@@ -17,20 +19,55 @@ def refund_key(charge_key: str) -> str:
     return f"{RESERVED_KEY_PREFIX}refund:{charge_key}"
 
 
-def refund(session: Session, args: RefundArgs, settings: Settings) -> results.Result:
-    """Reverse the charge recorded under ``args.idempotency_key``, at most once.
+class Refund(Movement):
+    """Reverse one charge, at most once (its own key, and the ledger's unique refund_of_id).
 
     Credits always go back. An operation or freemium action goes back to its allowance only
     while the period it was taken from is current; otherwise nothing is returned and the
-    result says so. An admin charge returns nothing and succeeds. A 404 is not remembered:
-    a refund that overtook its charge can be sent again.
+    result says so. An admin charge returns nothing and succeeds.
     """
-    charge = session.scalars(
-        select(LedgerEntry).where(
-            LedgerEntry.idempotency_key == args.idempotency_key,
-            LedgerEntry.entry_type == EntryType.CHARGE,
+
+    operation = "refund"
+
+    def __init__(self, args: RefundArgs, charge: ChargeRow) -> None:
+        self.args = args
+        self.charge = charge
+        self.key = refund_key(args.idempotency_key)
+        self.user_id = charge.user_id
+
+    def decide(self, account: AccountRow, now: datetime, settings: Settings) -> Decision:
+        charge = self.charge
+        restored = charge.amount
+        if charge.source == LedgerSource.CREDITS:
+            account.balance_credits += charge.amount
+        elif charge.source == LedgerSource.ADMIN:
+            restored = 0
+        else:
+            used_column, reset_column = rules.ALLOWANCE_COLUMNS[charge.source]
+            period_start = rules.as_utc(getattr(account, reset_column))
+            current = rules.as_utc(charge.created_at) >= period_start
+            used = getattr(account, used_column)
+            restored = min(charge.amount, used) if current else 0
+            setattr(account, used_column, used - restored)
+        outcome = results.success(
+            source=str(charge.source),
+            amount=restored,
+            restored=restored > 0,
+            note=_note(charge.source, restored),
+            charge_ledger_id=charge.id,
+            idempotency_key=self.args.idempotency_key,
+            replayed=False,
+            state=rules.account_state(account, now, settings),
         )
-    ).one_or_none()
+        meta = {"reason": self.args.reason} if self.args.reason else None
+        entry = Entry(EntryType.REFUND, charge.source, restored, charge.operation, meta, charge.id)
+        return Decision(outcome, entry)
+
+
+def refund(store: Store, args: RefundArgs, settings: Settings) -> results.Result:
+    """Find the charge (its ledger row never changes, so no lock), then run the frame on its
+    account. A 404 is not remembered: a refund that overtook its charge can be sent again."""
+    charge = store.find_charge(args.idempotency_key)
     if charge is None:
         return results.failure(
             results.NOT_FOUND,
@@ -38,62 +75,7 @@ def refund(session: Session, args: RefundArgs, settings: Settings) -> results.Re
             f"no charge was made under idempotency key {args.idempotency_key!r}",
             idempotency_key=args.idempotency_key,
         )
-    key = refund_key(args.idempotency_key)
-    loaded = accounts.load_for_update(session, charge.user_id, settings)
-    assert loaded is not None, "a ledger row's user exists (foreign key)"
-    stored = session.get(BillingRequest, key)
-    if stored is not None:
-        return idempotency.replay(stored, charge.user_id, "refund", None)
-    user, now = loaded
-
-    restored = charge.amount
-    if charge.source == LedgerSource.CREDITS:
-        user.balance_credits += charge.amount
-    elif charge.source == LedgerSource.ADMIN:
-        restored = 0
-    else:
-        used_column, reset_column = {
-            LedgerSource.SUBSCRIPTION: ("subscription_ops_used", "subscription_ops_reset_at"),
-            LedgerSource.FREEMIUM: ("freemium_actions_used", "freemium_reset_at"),
-        }[charge.source]
-        current = rules.as_utc(charge.created_at) >= rules.as_utc(getattr(user, reset_column))
-        used = getattr(user, used_column)
-        restored = min(charge.amount, used) if current else 0
-        setattr(user, used_column, used - restored)
-    session.flush()
-    ledger_id = ledger.record(
-        session,
-        user,
-        at=now,
-        key=key,
-        entry_type=EntryType.REFUND,
-        source=charge.source,
-        amount=restored,
-        operation=charge.operation,
-        meta={"reason": args.reason} if args.reason else None,
-        refund_of_id=charge.id,
-    )
-    outcome = results.success(
-        source=str(charge.source),
-        amount=restored,
-        restored=restored > 0,
-        note=_note(charge.source, restored),
-        ledger_id=ledger_id,
-        charge_ledger_id=charge.id,
-        idempotency_key=args.idempotency_key,
-        replayed=False,
-        state=rules.account_state(user, now, settings),
-    )
-    idempotency.remember(
-        session,
-        key=key,
-        user_id=charge.user_id,
-        operation="refund",
-        cost=None,
-        response=outcome,
-        ledger_id=ledger_id,
-    )
-    return outcome
+    return frame.run(store, Refund(args, charge), settings)
 
 
 def _note(source: LedgerSource, restored: int) -> str:

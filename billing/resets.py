@@ -9,75 +9,34 @@ UPDATE itself also moves a period forward only once.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import Engine, select, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from billing import rules
-from billing.db import transaction
-from billing.dml import insert_unless_exists
+from billing import frame, rules, store
+from billing.accounts import BringUpToDate
+from billing.db import session_factory, transaction
 from billing.settings import Settings
-from models import AllowanceReset, LedgerSource, User
+from models import User
 
 logger = logging.getLogger(__name__)
-
-# (allowance, its *_used column, its *_reset_at column)
-ALLOWANCES = (
-    (LedgerSource.FREEMIUM, "freemium_actions_used", "freemium_reset_at"),
-    (LedgerSource.SUBSCRIPTION, "subscription_ops_used", "subscription_ops_reset_at"),
-)
-
-
-@dataclass(frozen=True)
-class Restored:
-    """One allowance given back by a lazy reset: which, the period it opened, how much."""
-
-    source: LedgerSource
-    period_start: datetime
-    amount: int
-
-
-def refresh(account: rules.Account, now: datetime, settings: Settings) -> list[Restored]:
-    """Bring a locked account up to date in memory; the resets that restored something."""
-    used_before = {source: getattr(account, used) for source, used, _ in ALLOWANCES}
-    changes = rules.refresh_changes(account, now, settings)
-    rules.apply(account, changes)
-    return [
-        Restored(source, changes[reset_at], used_before[source])
-        for source, _used, reset_at in ALLOWANCES
-        if reset_at in changes and used_before[source] > 0
-    ]
-
-
-def refresh_and_record(session: Session, user: User, now: datetime, settings: Settings) -> None:
-    """Bring a locked account up to date; record each reset that restores something."""
-    for reset in refresh(user, now, settings):
-        session.execute(
-            insert_unless_exists(session, AllowanceReset.__table__).values(
-                user_id=user.id,
-                source=reset.source,
-                period_start=reset.period_start,
-                restored=reset.amount,
-                recorded_at=now,
-            )
-        )
-
 
 # One batch: lock up to :batch due accounts past :after (skipping any a charge holds: that
 # charge resets them lazily), move each elapsed period forward by whole periods, and record
 # each allowance that gave something back. All CTEs see one snapshot, so `due` still holds the
 # counters as they were before the UPDATE. NO KEY UPDATE is the lock the UPDATE takes anyway
 # (the id does not change), and it leaves ledger inserts' foreign-key checks unblocked.
-# The record has no ON CONFLICT: under the row lock a period is opened once, so a record that
-# already exists means an anchor went backwards, and the batch should fail loudly rather than
-# hide it (the speculative insertion also cost 15% of the whole reset).
-_RESET_BATCH_SQL = text(
-    """
+# Under the row lock a period is opened once, so the record is inserted without ON CONFLICT:
+# the speculative insertion cost 15% of the whole reset. A record that exists anyway (written
+# by hand, or an anchor moved backwards) fails the batch, which is then done again with
+# ON CONFLICT DO NOTHING and reports what it could not record (_SKIPPING).
+_RESET_BATCH = """
 WITH due AS (
     SELECT id,
            freemium_actions_used AS f_used,
@@ -105,20 +64,32 @@ WITH due AS (
     WHERE u.id = d.id
     RETURNING u.id, u.freemium_reset_at, u.subscription_ops_reset_at,
               d.f_used, d.s_used, d.f_k, d.s_k
-), recorded AS (
-    INSERT INTO allowance_resets (user_id, source, period_start, restored)
+), to_record (user_id, source, period_start, restored) AS (
     SELECT id, 'freemium'::ledger_source_enum, freemium_reset_at, f_used
     FROM reset WHERE f_k >= 1 AND f_used > 0
     UNION ALL
     SELECT id, 'subscription'::ledger_source_enum, subscription_ops_reset_at, s_used
     FROM reset WHERE s_k >= 1 AND s_used > 0
-    RETURNING 1
+), recorded AS (
+    INSERT INTO allowance_resets (user_id, source, period_start, restored)
+    SELECT user_id, source, period_start, restored FROM to_record {conflict}
+    RETURNING user_id, source, period_start
 )
 SELECT (SELECT count(*) FROM reset) AS reset,
        (SELECT count(*) FROM recorded) AS recorded,
        (SELECT count(*) FROM due) AS locked,
-       (SELECT max(id) FROM due) AS last_id
+       (SELECT max(id) FROM due) AS last_id{skipped}
 """
+_RESET_BATCH_SQL = text(_RESET_BATCH.format(conflict="", skipped=""))
+_SKIPPING = text(
+    _RESET_BATCH.format(
+        conflict="ON CONFLICT DO NOTHING",
+        skipped=""",
+       (SELECT json_agg(json_build_object('user_id', user_id, 'source', source,
+                                          'period_start', period_start))
+        FROM (SELECT user_id, source, period_start FROM to_record
+              EXCEPT SELECT user_id, source, period_start FROM recorded) AS s) AS skipped""",
+    )
 )
 
 
@@ -154,23 +125,27 @@ def reset_due_limits(
     Each batch is its own short transaction, so no account's row stays locked for longer
     than one batch takes; it takes a session factory rather than a session for that reason.
     """
-    totals = {"reset": 0, "recorded": 0, "batches": 0, "slowest_batch_ms": 0.0}
+    totals = {"reset": 0, "recorded": 0, "skipped": 0, "batches": 0, "slowest_batch_ms": 0.0}
+    engine: Engine = factory.kw["bind"]
+    if engine.dialect.name != "postgresql":
+        return _reset_embedded(engine, settings, totals)
     after = 0
     size = first_batch
     while True:
         started = time.perf_counter()
-        with transaction(factory) as session:
-            if session.get_bind().dialect.name != "postgresql":
-                return _reset_embedded(session, settings, totals)
-            # The batch need not wait for its WAL to reach disk before releasing its locks: a
-            # batch lost in a crash is redone by the next run or a lazy reset, and any later
-            # transaction that commits durably flushes the batch's commit record with its own.
-            session.execute(text("SET LOCAL synchronous_commit = off"))
-            row = session.execute(
-                _RESET_BATCH_SQL,
-                {"period": settings.reset_period_days * 86400, "after": after, "batch": size},
-            ).one()
-        # The batch's row locks are held from its statement until this commit.
+        params = {"period": settings.reset_period_days * 86400, "after": after, "batch": size}
+        try:
+            row = _run_batch(factory, _RESET_BATCH_SQL, params)
+        except IntegrityError:
+            row = _run_batch(factory, _SKIPPING, params)
+            totals["skipped"] += len(row.skipped)
+            logger.warning(
+                "reset journal already had %d record(s) this batch opened; the accounts were"
+                " reset, the records skipped: %s",
+                len(row.skipped),
+                json.dumps(row.skipped[:20], default=str),
+            )
+        # The batch's row locks are held from its statement until its commit.
         elapsed_ms = (time.perf_counter() - started) * 1000
         totals["slowest_batch_ms"] = round(max(totals["slowest_batch_ms"], elapsed_ms), 1)
         totals["batches"] += 1
@@ -182,18 +157,32 @@ def reset_due_limits(
         size = next_batch_size(size, elapsed_ms, target_ms)
 
 
-def _reset_embedded(session: Session, settings: Settings, totals: dict[str, Any]) -> dict[str, Any]:
-    # The embedded SQLite default has a single writer and demo-sized tables: the same rules
-    # as the lazy reset, one account at a time, are enough there.
+def _run_batch(factory: sessionmaker[Session], sql: Any, params: dict[str, Any]) -> Any:
+    with transaction(factory) as session:
+        # The batch need not wait for its WAL to reach disk before releasing its locks: a
+        # batch lost in a crash is redone by the next run or a lazy reset, and any later
+        # transaction that commits durably flushes the batch's commit record with its own.
+        session.execute(text("SET LOCAL synchronous_commit = off"))
+        return session.execute(sql, params).one()
+
+
+def _reset_embedded(engine: Engine, settings: Settings, totals: dict[str, Any]) -> dict[str, Any]:
+    # The embedded SQLite default has a single writer and demo-sized tables: each due account
+    # goes through the frame, as a lazy reset does.
     now = datetime.now(UTC)
     period = timedelta(days=settings.reset_period_days)
-    for user in session.scalars(select(User).order_by(User.id)):
-        due = any(
-            rules.next_period_start(getattr(user, reset_at), now, period) is not None
-            for _, _, reset_at in ALLOWANCES
-        )
-        if due:
-            refresh_and_record(session, user, now, settings)
-            totals["reset"] += 1
+    with transaction(session_factory(engine)) as session:
+        accounts = session.execute(
+            select(User.id, User.freemium_reset_at, User.subscription_ops_reset_at)
+        ).all()
+    due = [
+        user_id
+        for user_id, *anchors in accounts
+        if any(rules.next_period_start(anchor, now, period) is not None for anchor in anchors)
+    ]
+    with store.connect(engine) as conn:
+        for user_id in due:
+            frame.run(conn, BringUpToDate(user_id), settings)
+    totals["reset"] += len(due)
     totals["batches"] += 1
     return totals

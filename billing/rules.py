@@ -34,6 +34,9 @@ class AccountRow:
 # What the rules read and write: the ORM model or the plain row, which share their columns.
 Account = User | AccountRow
 
+# users.balance_credits is a PostgreSQL integer: no movement may take a balance past it.
+MAX_BALANCE = 2**31 - 1
+
 
 def as_utc(value: datetime) -> datetime:
     # SQLite hands back naive datetimes; everything we store is UTC.
@@ -106,6 +109,35 @@ def refresh_changes(user: Account, now: datetime, settings: Settings) -> dict[st
 def apply(user: Account, changes: dict[str, Any]) -> None:
     for column, value in changes.items():
         setattr(user, column, value)
+
+
+# (allowance, its *_used column, its *_reset_at column)
+ALLOWANCES = (
+    (LedgerSource.FREEMIUM, "freemium_actions_used", "freemium_reset_at"),
+    (LedgerSource.SUBSCRIPTION, "subscription_ops_used", "subscription_ops_reset_at"),
+)
+ALLOWANCE_COLUMNS = {source: (used, reset_at) for source, used, reset_at in ALLOWANCES}
+
+
+@dataclass(frozen=True)
+class Restored:
+    """One allowance given back by a lazy reset: which, the period it opened, how much."""
+
+    source: LedgerSource
+    period_start: datetime
+    amount: int
+
+
+def refresh(account: Account, now: datetime, settings: Settings) -> list[Restored]:
+    """Bring a locked account up to date in memory; the resets that restored something."""
+    used_before = {source: getattr(account, used) for source, used, _ in ALLOWANCES}
+    changes = refresh_changes(account, now, settings)
+    apply(account, changes)
+    return [
+        Restored(source, changes[reset_at], used_before[source])
+        for source, _used, reset_at in ALLOWANCES
+        if reset_at in changes and used_before[source] > 0
+    ]
 
 
 @dataclass(frozen=True)

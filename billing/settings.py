@@ -37,6 +37,17 @@ class Settings(BaseSettings):
     # Must exceed the longest task plus all its retries, or Redis redelivers a running task.
     visibility_timeout: int = Field(default=3600, gt=0)
     reset_interval_seconds: float = Field(default=900.0, gt=0)
+    # Bounds on how long one worker can hold or wait for an account's row lock (PostgreSQL
+    # session settings of every worker connection, in milliseconds; 0 turns one off). A
+    # worker frozen between a movement's two round trips loses its session, and its lock, after
+    # the idle timeout; a movement that waits out the lock timeout is retried with backoff.
+    db_lock_timeout_ms: int = Field(default=5_000, ge=0)
+    db_statement_timeout_ms: int = Field(default=30_000, ge=0)
+    db_idle_in_transaction_timeout_ms: int = Field(default=10_000, ge=0)
+    # Celery's hard time limit of one run of a task: the pool kills a child stuck longer.
+    task_time_limit_seconds: float = Field(default=120.0, gt=0)
+    # The same for the set-based jobs (resets, tier sync, audit), which walk every account.
+    sweep_time_limit_seconds: float = Field(default=3600.0, gt=0)
     # Task events feed Flower; off saves a broker message per task state change.
     task_events: bool = True
     # "user:password[,user:password]" for Flower's basic auth; a secret, never logged.
@@ -91,6 +102,17 @@ class Settings(BaseSettings):
     def _data_path(self, name: str) -> Path:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         return self.data_dir.resolve() / name
+
+    def session_options(self) -> str:
+        """The PostgreSQL session settings of a worker connection (libpq ``options``)."""
+        return " ".join(
+            f"-c {name}={value}"
+            for name, value in (
+                ("lock_timeout", self.db_lock_timeout_ms),
+                ("statement_timeout", self.db_statement_timeout_ms),
+                ("idle_in_transaction_session_timeout", self.db_idle_in_transaction_timeout_ms),
+            )
+        )
 
     def canonical_tier(self, name: str | None) -> str | None:
         if name is None:

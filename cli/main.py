@@ -77,14 +77,14 @@ def _cmd_flower(args: argparse.Namespace) -> int:
 
 
 def _cmd_grant(args: argparse.Namespace) -> int:
-    from billing import grants
+    from billing import frame, grants
     from billing.validation import GrantArgs
 
     parsed = GrantArgs.parse(
         (), {"user_id": args.user_id, "amount": args.amount, "idempotency_key": args.key}
     )
 
-    result = _in_transaction(lambda session, s: grants.grant_credits(session, parsed, s))
+    result = _on_store(lambda store, s: frame.run(store, grants.Grant(parsed), s))
     return _print(result, args.json, _format_movement)
 
 
@@ -102,20 +102,40 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return demo.run(charges=args.charges, concurrency=args.concurrency)
 
 
-def _in_transaction(fn: Callable[[Any, Any], dict[str, Any]]) -> dict[str, Any]:
-    from billing.db import create_db_engine, session_factory, transaction
-    from billing.idempotency import Refused
+def _with_engine(fn: Callable[[Any, Any], dict[str, Any]]) -> dict[str, Any]:
+    from billing.db import create_db_engine
     from billing.settings import get_settings
 
     settings = get_settings()
-    engine = create_db_engine(settings.effective_database_url(), pool_size=1)
+    engine = create_db_engine(
+        settings.effective_database_url(), pool_size=1, session_options=settings.session_options()
+    )
     try:
-        with transaction(session_factory(engine)) as session:
-            return fn(session, settings)
-    except Refused as refused:  # rolled back, as the task would
-        return refused.result
+        return fn(engine, settings)
     finally:
         engine.dispose()
+
+
+def _on_store(fn: Callable[[Any, Any], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``fn(store, settings)`` on the store a task would use (``billing.store``)."""
+    from billing import store
+
+    def run(engine: Any, settings: Any) -> dict[str, Any]:
+        with store.connect(engine) as conn:
+            return fn(conn, settings)
+
+    return _with_engine(run)
+
+
+def _in_transaction(fn: Callable[[Any, Any], dict[str, Any]]) -> dict[str, Any]:
+    """Run a read, ``fn(session, settings)``, in one ORM transaction."""
+    from billing.db import session_factory, transaction
+
+    def run(engine: Any, settings: Any) -> dict[str, Any]:
+        with transaction(session_factory(engine)) as session:
+            return fn(session, settings)
+
+    return _with_engine(run)
 
 
 def _cmd_state(args: argparse.Namespace) -> int:
@@ -123,7 +143,7 @@ def _cmd_state(args: argparse.Namespace) -> int:
     from billing.validation import UserArgs
 
     parsed = UserArgs.parse((), {"user_id": args.user_id})
-    result = _in_transaction(lambda session, s: accounts.get_state(session, parsed, s))
+    result = _on_store(lambda store, s: accounts.get_state(store, parsed, s))
     return _print(result, args.json, _format_state)
 
 

@@ -8,7 +8,6 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any, TypeVar
 
 import psycopg
@@ -16,11 +15,10 @@ from celery import Task
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
-from billing import results
+from billing import results, store
 from billing.db import transaction
-from billing.dml import KeyRaced
-from billing.idempotency import Refused
 from billing.settings import Settings, get_settings
+from billing.store import KeyRaced, Store
 from billing.validation import InvalidRequest, _Args
 from worker.db import get_engine, get_session_factory
 
@@ -37,12 +35,15 @@ if not logger.handlers:
 A = TypeVar("A", bound=_Args)
 
 # Infrastructure failures worth another try: the database went away, a connection broke, a
-# serialization failure or deadlock rolled us back, or the pool had nothing to give.
+# lock or statement timeout, a serialization failure or deadlock rolled us back, or the pool
+# had nothing to give.
 RETRYABLE = (
     sa_exc.OperationalError,
     sa_exc.InterfaceError,
     sa_exc.TimeoutError,
-    psycopg.OperationalError,  # the PostgreSQL charge path talks to psycopg directly
+    psycopg.OperationalError,  # the PostgreSQL store talks to psycopg directly
+    # The server ended a session left idle inside its transaction (a frozen worker).
+    psycopg.errors.IdleInTransactionSessionTimeout,
     KeyRaced,
 )
 
@@ -65,41 +66,42 @@ class BillingTask(Task):
         parser: type[A],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        handler: Callable[[Session, A, Settings], results.Result],
-        pg_handler: Callable[[psycopg.Connection, A, Settings], results.Result] | None = None,
+        handler: Callable[[Store, A, Settings], results.Result],
     ) -> results.Result:
-        """Validate, then run the handler in one transaction: ``pg_handler`` on PostgreSQL
-        when there is one (it writes its own transaction on an autocommit connection),
-        else ``handler`` in an ORM session."""
-        started = time.perf_counter()
-        settings = get_settings()
-        try:
-            parsed = parser.parse(args, kwargs)
-        except InvalidRequest as exc:
-            outcome = exc.result()
-            self._log(outcome, kwargs, started)
-            return outcome
-        if pg_handler is not None and get_engine().dialect.name == "postgresql":
-            run = partial(self._on_connection, lambda conn: pg_handler(conn, parsed, settings))
-        else:
-            run = partial(self._in_transaction, lambda session: handler(session, parsed, settings))
-        try:
-            outcome = run()
-        except KeyRaced:
-            # A concurrent transaction committed the same key first: replay its outcome.
-            outcome = run()
-        self._log(outcome, kwargs, started)
-        return outcome
+        """Validate, then run the handler on a store (``billing.store``) on one pooled
+        connection: keyed movements run the frame there, one transaction each."""
+
+        def on_store(parsed: A, settings: Settings) -> results.Result:
+            try:
+                return self._on_store(handler, parsed, settings)
+            except KeyRaced:
+                # A concurrent transaction committed the same key first: replay its outcome.
+                return self._on_store(handler, parsed, settings)
+
+        return self._validated(parser, args, kwargs, on_store)
 
     @staticmethod
-    def _on_connection(fn: Callable[[psycopg.Connection], results.Result]) -> results.Result:
-        with get_engine().connect() as conn:
-            conn.execution_options(isolation_level="AUTOCOMMIT")
-            try:
-                return fn(conn.connection.driver_connection)
-            except psycopg.OperationalError:
-                conn.invalidate()  # SQLAlchemy did not see this error: drop the connection
-                raise
+    def _on_store(
+        handler: Callable[[Store, A, Settings], results.Result], parsed: A, settings: Settings
+    ) -> results.Result:
+        with store.connect(get_engine()) as conn:
+            return handler(conn, parsed, settings)
+
+    def execute_read(
+        self,
+        parser: type[A],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        handler: Callable[[Session, A, Settings], results.Result],
+    ) -> results.Result:
+        """Validate, then run a read that writes nothing (ledger pages, the audit) in an ORM
+        session."""
+
+        def in_session(parsed: A, settings: Settings) -> results.Result:
+            with transaction(get_session_factory()) as session:
+                return handler(session, parsed, settings)
+
+        return self._validated(parser, args, kwargs, in_session)
 
     def execute_batched(
         self,
@@ -110,23 +112,32 @@ class BillingTask(Task):
     ) -> results.Result:
         """For set-based jobs that commit batch by batch: the handler gets the session
         factory and opens one short transaction per batch."""
+        return self._validated(
+            parser,
+            args,
+            kwargs,
+            lambda parsed, settings: results.success(
+                **handler(get_session_factory(), parsed, settings)
+            ),
+        )
+
+    def _validated(
+        self,
+        parser: type[A],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        run: Callable[[A, Settings], results.Result],
+    ) -> results.Result:
+        """Parse the arguments (a 422 touches nothing), run, and log one line per outcome."""
         started = time.perf_counter()
         try:
             parsed = parser.parse(args, kwargs)
         except InvalidRequest as exc:
             outcome = exc.result()
         else:
-            outcome = results.success(**handler(get_session_factory(), parsed, get_settings()))
+            outcome = run(parsed, get_settings())
         self._log(outcome, kwargs, started)
         return outcome
-
-    @staticmethod
-    def _in_transaction(fn: Callable[[Session], results.Result]) -> results.Result:
-        try:
-            with transaction(get_session_factory()) as session:
-                return fn(session)
-        except Refused as refused:  # rolled back: nothing written, the key stays free
-            return refused.result
 
     def _log(self, outcome: results.Result, kwargs: dict[str, Any], started: float) -> None:
         # One line per outcome, never the meta contents: they may hold payment references.

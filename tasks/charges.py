@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from billing import charges, charges_pg, results
+from billing import charges, frame, results
 from billing.validation import ChargeArgs
 from models import Operation
 from tasks import names
@@ -13,13 +13,13 @@ from worker.app import app
 def _charge(
     task: BillingTask, operation: Operation, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> results.Result:
-    """Both charge tasks: the ORM path on the embedded default, charges_pg on PostgreSQL."""
     return task.execute(
         ChargeArgs,
         args,
         kwargs,
-        lambda session, parsed, settings: charges.charge(session, operation, parsed, settings),
-        lambda conn, parsed, settings: charges_pg.charge(conn, operation, parsed, settings),
+        lambda store, parsed, settings: frame.run(
+            store, charges.Charge(operation, parsed), settings
+        ),
     )
 
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from billing import audit, grants, refunds, resets, results, subscriptions, tiers
+from billing import audit, frame, grants, refunds, resets, results, subscriptions, tiers
+from billing.settings import get_settings
 from billing.validation import AuditArgs, GrantArgs, RefundArgs, SubscriptionArgs, _Args
 from tasks import names
 from tasks.base import BillingTask
 from worker.app import app
+
+SWEEP_TIME_LIMIT = get_settings().sweep_time_limit_seconds
 
 
 class NoArgs(_Args):
@@ -26,7 +29,12 @@ def grant_credits(
     **unknown: Any,
 ) -> results.Result:
     kwargs = {"user_id": user_id, "amount": amount, "idempotency_key": idempotency_key}
-    return self.execute(GrantArgs, args, {**kwargs, "meta": meta, **unknown}, grants.grant_credits)
+    return self.execute(
+        GrantArgs,
+        args,
+        {**kwargs, "meta": meta, **unknown},
+        lambda store, parsed, settings: frame.run(store, grants.Grant(parsed), settings),
+    )
 
 
 @app.task(bind=True, base=BillingTask, name=names.ACTIVATE_SUBSCRIPTION)
@@ -41,7 +49,12 @@ def activate_subscription(
 ) -> results.Result:
     kwargs = {"user_id": user_id, "tier": tier, "idempotency_key": idempotency_key, "days": days}
     return self.execute(
-        SubscriptionArgs, args, {**kwargs, **unknown}, subscriptions.activate_subscription
+        SubscriptionArgs,
+        args,
+        {**kwargs, **unknown},
+        lambda store, parsed, settings: frame.run(
+            store, subscriptions.Subscription(parsed), settings
+        ),
     )
 
 
@@ -57,11 +70,11 @@ def refund(
     return self.execute(RefundArgs, args, kwargs, refunds.refund)
 
 
-@app.task(bind=True, base=BillingTask, name=names.AUDIT)
+@app.task(bind=True, base=BillingTask, name=names.AUDIT, time_limit=SWEEP_TIME_LIMIT)
 def audit_accounts(
     self: BillingTask, *args: Any, user_id: Any = None, **unknown: Any
 ) -> results.Result:
-    return self.execute(
+    return self.execute_read(
         AuditArgs,
         args,
         {"user_id": user_id, **unknown},
@@ -69,7 +82,7 @@ def audit_accounts(
     )
 
 
-@app.task(bind=True, base=BillingTask, name=names.RESET_DUE_LIMITS)
+@app.task(bind=True, base=BillingTask, name=names.RESET_DUE_LIMITS, time_limit=SWEEP_TIME_LIMIT)
 def reset_due_limits(self: BillingTask, *args: Any, **unknown: Any) -> results.Result:
     return self.execute_batched(
         NoArgs,
@@ -79,7 +92,7 @@ def reset_due_limits(self: BillingTask, *args: Any, **unknown: Any) -> results.R
     )
 
 
-@app.task(bind=True, base=BillingTask, name=names.SYNC_TIER_LIMITS)
+@app.task(bind=True, base=BillingTask, name=names.SYNC_TIER_LIMITS, time_limit=SWEEP_TIME_LIMIT)
 def sync_tier_limits(self: BillingTask, *args: Any, **unknown: Any) -> results.Result:
     return self.execute_batched(
         NoArgs,

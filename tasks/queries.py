@@ -23,7 +23,7 @@ def get_ledger(
     cursor: Any = None,
     **unknown: Any,
 ) -> results.Result:
-    return self.execute(
+    return self.execute_read(
         LedgerArgs,
         args,
         {"user_id": user_id, "limit": limit, "cursor": cursor, **unknown},

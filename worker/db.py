@@ -29,7 +29,10 @@ def get_session_factory() -> sessionmaker[Session]:
         if _pid != os.getpid() or _factory is None:
             if _engine is not None:
                 _engine.dispose(close=False)
-            _engine = create_db_engine(get_settings().effective_database_url())
+            settings = get_settings()
+            _engine = create_db_engine(
+                settings.effective_database_url(), session_options=settings.session_options()
+            )
             _factory = session_factory(_engine)
             _pid = os.getpid()
         return _factory

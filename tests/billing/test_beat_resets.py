@@ -190,25 +190,34 @@ def test_a_real_beat_fires_the_reset_and_a_second_beat_stands_by(worker, account
                 proc.wait(timeout=30)
 
 
-def test_a_period_recorded_twice_fails_the_batch_loudly_and_charges_go_on(worker, accounts, engine):
-    # Only an anchor moved backwards can make a period open twice; the batch must not hide it.
+def test_a_period_already_in_the_journal_is_skipped_counted_and_logged_not_fatal(
+    worker, accounts, engine, caplog
+):
+    # Only a hand-written row or an anchor moved backwards can make a period open twice. One
+    # such row must not fail every run: the batch resets its accounts, skips that record,
+    # counts it and logs it, and the next run goes on.
     anchor = days_ago(31)
-    user = accounts.create(freemium_actions_used=2, freemium_reset_at=anchor)
+    odd = accounts.create(freemium_actions_used=2, freemium_reset_at=anchor)
+    others = [accounts.create(freemium_actions_used=3, freemium_reset_at=anchor) for _ in range(3)]
     with engine.begin() as conn:
         conn.execute(
             text(
                 "INSERT INTO allowance_resets (user_id, source, period_start, restored)"
                 " VALUES (:u, 'freemium', :start, 1)"
             ),
-            {"u": user, "start": anchor + timedelta(days=30)},
+            {"u": odd, "start": anchor + timedelta(days=30)},
         )
 
-    run = app.send_task("billing.reset_due_limits")
-    run.get(timeout=RESULT_TIMEOUT, propagate=False)
+    with caplog.at_level("WARNING", logger="billing.resets"):
+        first = worker.reset_due_limits()
 
-    assert run.state == "FAILURE" and "allowance_resets" in str(run.result)
-    assert accounts.get(user).freemium_actions_used == 2  # the batch rolled back
-    # A charge still resets the account lazily (its record stands as it was) and is served.
-    assert worker.charge_generation(user, "after-dup")["code"] == 200
-    assert accounts.get(user).freemium_actions_used == 1
-    assert [r.restored for r in reset_rows(engine, user)] == [1]
+    assert (first["ok"], first["reset"], first["recorded"], first["skipped"]) == (True, 4, 3, 1)
+    assert str(odd) in caplog.text and "skipped" in caplog.text
+    assert [accounts.get(u).freemium_actions_used for u in (odd, *others)] == [0, 0, 0, 0]
+    # The hand-written record stands as it was; the others were recorded once.
+    assert [r.restored for r in reset_rows(engine, odd)] == [1]
+    assert [r.restored for u in others for r in reset_rows(engine, u)] == [3, 3, 3]
+    # The next run finds nothing due and fails on nothing; charges are served.
+    assert worker.reset_due_limits()["reset"] == 0
+    assert worker.charge_generation(odd, "after-dup")["code"] == 200
+    assert accounts.get(odd).freemium_actions_used == 1

@@ -57,7 +57,7 @@ def test_grant_that_would_overflow_the_balance_is_refused_and_not_remembered(
     refused = worker.grant(user, 100, "pay-big")
     fits = worker.grant(user, 9, "pay-big")
 
-    assert (refused["code"], refused["field"]) == (422, "amount")
+    assert (refused["code"], refused["error"]) == (422, "balance_limit")
     assert fits["code"] == 200 and fits["replayed"] is False
     assert accounts.get(user).balance_credits == 2**31 - 1
 

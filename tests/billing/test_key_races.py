@@ -1,56 +1,182 @@
-"""The same key racing in two transactions, driven step by step on the real database."""
+"""Keys racing in concurrent transactions, driven step by step on the PostgreSQL store (the
+production path of every keyed movement) against the real database."""
 
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
+import psycopg
 import pytest
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine
 
-from billing import charges
-from billing.dml import KeyRaced
+from billing import charges, frame, grants, refunds, subscriptions
 from billing.settings import get_settings
-from billing.validation import ChargeArgs
+from billing.store import KeyRaced
+from billing.store_pg import PgStore
+from billing.validation import ChargeArgs, GrantArgs, RefundArgs, SubscriptionArgs
 from models import Operation
+from tests.conftest import ledger_rows
 from worker import app
 
+MakeMovement = Callable[[int, str], frame.Movement]
 
-def _charge(session: Session, user_id: int, key: str):
-    args = ChargeArgs.parse((), {"user_id": user_id, "idempotency_key": key})
-    return charges.charge(session, Operation.GENERATION, args, get_settings())
+KEYED: dict[str, MakeMovement] = {
+    "charge": lambda user, key: charges.Charge(
+        Operation.GENERATION, ChargeArgs.parse((), {"user_id": user, "idempotency_key": key})
+    ),
+    "grant": lambda user, key: grants.Grant(
+        GrantArgs.parse((), {"user_id": user, "amount": 50, "idempotency_key": key})
+    ),
+    "subscription": lambda user, key: subscriptions.Subscription(
+        SubscriptionArgs.parse((), {"user_id": user, "tier": "premium", "idempotency_key": key})
+    ),
+}
 
 
-@pytest.mark.parametrize("second_user_exists", [True, False])
-def test_key_taken_by_a_concurrent_transaction_raises_and_keeps_nothing(
-    engine, accounts, second_user_exists
+def dsn(engine: Engine) -> str:
+    return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def connect(engine: Engine) -> Iterator[Callable[..., psycopg.Connection]]:
+    opened: list[psycopg.Connection] = []
+
+    def open_one(**kwargs: Any) -> psycopg.Connection:
+        conn = psycopg.connect(dsn(engine), prepare_threshold=None, **kwargs)
+        opened.append(conn)
+        return conn
+
+    yield open_one
+    for conn in opened:
+        conn.close()
+
+
+class Racer(threading.Thread):
+    """One movement through the frame on its own PostgreSQL connection."""
+
+    def __init__(self, conn: psycopg.Connection, run: Callable[[PgStore], dict]) -> None:
+        super().__init__(daemon=True)
+        self.conn, self.run_on = conn, run
+        self.pid = conn.info.backend_pid
+        self.outcome: dict | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.outcome = self.run_on(PgStore(self.conn))
+        except BaseException as exc:
+            self.error = exc
+
+
+def wait_until_waiting(observer: psycopg.Connection, pids: list[int]) -> None:
+    """Until every one of ``pids`` waits for a lock held by another transaction."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        waiting = {
+            pid
+            for (pid,) in observer.execute(
+                "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            )
+        }
+        if set(pids) <= waiting:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"sessions {pids} never waited for a lock")
+
+
+@pytest.mark.parametrize("kind", sorted(KEYED))
+def test_one_key_for_two_users_commits_once_and_the_loser_writes_nothing(
+    kind, engine, accounts, connect
 ):
-    first_user = accounts.credits_only()
-    second_user = accounts.credits_only() if second_user_exists else 999_001
-    outcome: dict[str, BaseException | None] = {}
-
-    with Session(engine) as first, first.begin():
-        assert _charge(first, first_user, "shared")["ok"] is True
-
-        def second_charge() -> None:
-            try:
-                with Session(engine) as second, second.begin():
-                    _charge(second, second_user, "shared")
-                outcome["error"] = None
-            except BaseException as exc:
-                outcome["error"] = exc
-
-        racer = threading.Thread(target=second_charge)
+    make = KEYED[kind]
+    first, second, holder = (accounts.credits_only(balance_credits=100) for _ in range(3))
+    settings = get_settings()
+    observer = connect(autocommit=True)
+    # A transaction that wrote the key and has not committed: every movement that reaches the
+    # unique index with the same key waits for it, after it locked its own account and found
+    # the key free.
+    blocker = connect()
+    blocker.execute(
+        "INSERT INTO credits_ledger (user_id, entry_type, source, amount, idempotency_key,"
+        " balance_credits_after, subscription_ops_used_after, freemium_actions_used_after)"
+        " VALUES (%s, 'grant', 'credits', 1, 'shared', 0, 0, 0)",
+        (holder,),
+    )
+    racers = [
+        Racer(
+            connect(autocommit=True),
+            lambda store, u=user: frame.run(store, make(u, "shared"), settings),
+        )
+        for user in (first, second)
+    ]
+    for racer in racers:
         racer.start()
-        racer.join(timeout=1)
-        assert racer.is_alive(), "the second insert should wait for the first transaction"
-    racer.join(timeout=10)
+    wait_until_waiting(observer, [r.pid for r in racers])
 
-    assert isinstance(outcome["error"], KeyRaced)
-    if second_user_exists:
-        assert accounts.get(second_user).balance_credits == 100
-    with Session(engine) as session:
-        replay = _charge(session, second_user, "shared")
-    assert (replay["code"], replay["error"]) == (409, "idempotency_conflict")
+    blocker.rollback()  # the key is free again: the two movements meet at the unique index
+    for racer in racers:
+        racer.join(timeout=10)
+
+    winners = [r for r in racers if r.error is None]
+    losers = [r for r in racers if r.error is not None]
+    assert len(winners) == 1 and len(losers) == 1
+    assert isinstance(losers[0].error, KeyRaced)
+    assert winners[0].outcome["ok"] is True
+    loser_user = first if losers[0] is racers[0] else second
+    winner_user = second if loser_user == first else first
+    # Nothing of the loser's transaction stayed: no ledger row, its account as it was.
+    assert [r.user_id for r in ledger_rows(engine) if r.idempotency_key == "shared"] == [
+        winner_user
+    ]
+    loser = accounts.get(loser_user)
+    assert (loser.balance_credits, loser.subscription_type) == (100, None)
+    # Run again (as the task does after KeyRaced), the loser answers the winner's key: 409.
+    again = frame.run(PgStore(connect(autocommit=True)), make(loser_user, "shared"), settings)
+    assert (again["code"], again["error"]) == (409, "idempotency_conflict")
+
+
+def _refund(user: int, key: str) -> Callable[[PgStore], dict]:
+    return lambda store: refunds.refund(
+        store, RefundArgs.parse((), {"idempotency_key": key}), get_settings()
+    )
+
+
+@pytest.mark.parametrize("kind", [*sorted(KEYED), "refund"])
+def test_one_key_twice_for_one_user_queues_on_the_lock_and_replays(kind, engine, accounts, connect):
+    user = accounts.credits_only(balance_credits=100)
+    settings = get_settings()
+    if kind == "refund":
+        charged = frame.run(
+            PgStore(connect(autocommit=True)), KEYED["charge"](user, "job"), settings
+        )
+        assert charged["source"] == "credits"
+        run = _refund(user, "job")
+    else:
+        run = lambda store: frame.run(store, KEYED[kind](user, "twice"), settings)  # noqa: E731
+    observer = connect(autocommit=True)
+    holder = connect()
+    holder.execute("SELECT 1 FROM users WHERE id = %s FOR UPDATE", (user,))
+    racers = [Racer(connect(autocommit=True), run) for _ in range(2)]
+    for racer in racers:
+        racer.start()
+    wait_until_waiting(observer, [r.pid for r in racers])
+
+    holder.commit()
+    for racer in racers:
+        racer.join(timeout=10)
+
+    assert [r.error for r in racers] == [None, None]
+    outcomes = sorted((r.outcome for r in racers), key=lambda o: o["replayed"])
+    assert [o["replayed"] for o in outcomes] == [False, True]
+    assert outcomes[0]["ledger_id"] == outcomes[1]["ledger_id"]
+    key = refunds.refund_key("job") if kind == "refund" else "twice"
+    assert [r.idempotency_key for r in ledger_rows(engine, user)].count(key) == 1
+    after = accounts.get(user)
+    expected = {"charge": 90, "grant": 150, "subscription": 100, "refund": 100}[kind]
+    assert after.balance_credits == expected
 
 
 def test_worker_answers_a_raced_key_with_the_replay(worker, accounts):

@@ -28,7 +28,7 @@ from celery import Celery
 from celery.result import AsyncResult
 from sqlalchemy import Engine, text
 
-from billing import grants, subscriptions
+from billing import frame, grants, store, subscriptions
 from billing.db import create_db_engine, session_factory, transaction
 from billing.settings import Settings
 from billing.validation import GrantArgs, SubscriptionArgs
@@ -100,23 +100,24 @@ def prepare_fleet(database_url: str) -> Fleet:
     try:
         with transaction(factory) as session:
             for n in range(ACCOUNTS):
+                role = KINDS[kinds[n % len(kinds)]][0]
+                session.add(User(id=FIRST_ID + n, role=role, freemium_reset_at=datetime.now(UTC)))
+        with store.connect(engine) as conn:
+            for n in range(ACCOUNTS):
                 kind = kinds[n % len(kinds)]
-                role, tier, credits = KINDS[kind]
+                _role, tier, credits = KINDS[kind]
                 user_id = FIRST_ID + n
-                session.add(User(id=user_id, role=role, freemium_reset_at=datetime.now(UTC)))
-                session.flush()
                 if tier:
                     args = {"user_id": user_id, "tier": tier, "idempotency_key": f"sub-{user_id}"}
-                    subscriptions.activate_subscription(
-                        session, SubscriptionArgs.parse((), args), settings
-                    )
+                    movement = subscriptions.Subscription(SubscriptionArgs.parse((), args))
+                    assert frame.run(conn, movement, settings)["ok"]
                 if credits:
                     args = {
                         "user_id": user_id,
                         "amount": credits,
                         "idempotency_key": f"fund-{user_id}",
                     }
-                    grants.grant_credits(session, GrantArgs.parse((), args), settings)
+                    assert frame.run(conn, grants.Grant(GrantArgs.parse((), args)), settings)["ok"]
                 users.append(user_id)
                 expected += capacity(kind, settings)
     finally:

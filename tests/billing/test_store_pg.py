@@ -1,4 +1,4 @@
-"""The PostgreSQL charge's prepared statements: made once per connection, and made again when
+"""The PostgreSQL store's prepared statements: made once per connection, and made again when
 something has dropped them, without a charge being lost or doubled."""
 
 from __future__ import annotations
@@ -9,13 +9,13 @@ import psycopg
 import pytest
 from sqlalchemy import Engine
 
-from billing import charges_pg
+from billing import charges, frame, store_pg
 from billing.settings import get_settings
 from billing.validation import ChargeArgs
 from models import Operation
 from tests.conftest import Accounts, ledger_rows
 
-NAMES = sorted(s.name for s in charges_pg.STATEMENTS)
+NAMES = sorted(s.name for s in store_pg.STATEMENTS)
 
 
 @pytest.fixture
@@ -27,7 +27,8 @@ def conn(engine: Engine) -> Iterator[psycopg.Connection]:
 
 def _charge(conn: psycopg.Connection, user_id: int, key: str) -> dict:
     args = ChargeArgs.parse((), {"user_id": user_id, "idempotency_key": key})
-    return charges_pg.charge(conn, Operation.GENERATION, args, get_settings())
+    movement = charges.Charge(Operation.GENERATION, args)
+    return frame.run(store_pg.PgStore(conn), movement, get_settings())
 
 
 def _prepared_here(conn: psycopg.Connection) -> list[str]:
@@ -69,8 +70,8 @@ def test_statements_left_by_an_earlier_attempt_are_kept_not_prepared_twice(
 ):
     # PREPARE is not transactional: an attempt that failed half way leaves some behind.
     user = accounts.credits_only(balance_credits=100)
-    conn.execute(charges_pg.LOCK_ACCOUNT.prepare)
-    conn.execute(charges_pg.REMEMBER.prepare)
+    conn.execute(store_pg.LOCK_ACCOUNT.prepare)
+    conn.execute(store_pg.REMEMBER.prepare)
 
     outcome = _charge(conn, user, "pg-1")
 

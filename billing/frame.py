@@ -1,0 +1,181 @@
+"""The one frame of every keyed movement: charges, grants, subscriptions, refunds.
+
+    lock the account -> bring it up to date -> look the key up -> decide -> write -> commit
+
+1. The store locks the account's row and reads it, with the database's clock, and then looks
+   the key up: a repeat by the same user queues on the lock and finds what the first one
+   committed. Nothing the frame decides on is read before the lock, so nothing read before it
+   can be written back.
+2. Lazy resets and the tier fix bring the locked row up to date (``rules.refresh``).
+3. A key with an outcome answers that outcome (``replayed: true``) if the request matches it,
+   else 409, whatever flags, costs and tiers are configured now: they apply to new keys only.
+4. A new key: the movement's rules decide (``Movement.decide``); a refusal (a 422, a disabled
+   flag) writes nothing and is not remembered.
+5. The store writes the account, the reset records, the ledger row and the remembered outcome,
+   and commits, in one transaction. A key a concurrent transaction committed first meets the
+   unique index: KeyRaced, and the caller runs the frame again, which then replays.
+
+A movement is a small object: its key, user, fingerprint and rules. The stores are the only
+place that knows SQL (``billing.store``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime
+from typing import Any
+
+from billing import results, rules
+from billing.rules import AccountRow
+from billing.settings import Settings
+from billing.store import Entry, Store, StoredOutcome, Writes
+
+BALANCE_LIMIT = "balance_limit"
+
+
+class Refused(Exception):
+    """A new key's request refused before anything was written; nothing is remembered, so
+    the same key may come again once the reason is gone."""
+
+    def __init__(self, result: results.Result) -> None:
+        super().__init__(result.get("message"))
+        self.result = result
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """What the rules decided for a new key: the outcome, the ledger row it writes (None for a
+    rejection that moves nothing, such as a 402) and the cost the key is remembered with."""
+
+    outcome: results.Result
+    entry: Entry | None = None
+    cost: int | None = None
+
+
+class Movement:
+    """One keyed request. Subclasses set the fields and implement ``decide``."""
+
+    key: str | None  # None: a read that only brings the account up to date
+    user_id: int
+    operation: str  # what a repeat of the key must match, with the user and the cost
+    requested_cost: int | None = None  # as the producer sent it; None when absent
+
+    def enabled(self, settings: Settings) -> results.Result | None:
+        """The refusal a disabled flag gives a new key, or None."""
+        return None
+
+    def recorded_cost(self, settings: Settings) -> int | None:
+        """The cost a 404 is remembered with."""
+        return self.requested_cost
+
+    def matches(self, stored: StoredOutcome) -> bool:
+        """A repeat matches when the user and operation are the same and the cost it passes,
+        if any, is the one remembered: an absent cost matches whatever was charged."""
+        return (
+            stored.user_id == self.user_id
+            and stored.operation == self.operation
+            and (self.requested_cost is None or self.requested_cost == stored.cost)
+        )
+
+    def decide(self, account: AccountRow, now: datetime, settings: Settings) -> Decision:
+        raise NotImplementedError
+
+
+def run(store: Store, movement: Movement, settings: Settings) -> results.Result:
+    """Run one movement in one transaction on ``store``; see the module's docstring."""
+    try:
+        return _run(store, movement, settings)
+    except Refused as refused:
+        return refused.result
+    finally:
+        store.rollback()  # nothing to do after a commit; undoes a refusal or an error
+
+
+def _run(store: Store, movement: Movement, settings: Settings) -> results.Result:
+    locked = store.lock(movement.user_id, movement.key)
+    if locked.stored is not None:
+        # Answered from the outcome alone; a due reset is still stored, as every read does.
+        if locked.account is not None and movement.enabled(settings) is None:
+            _bring_up_to_date(store, locked.account, locked.now, settings)
+        return replay(locked.stored, movement)
+    refusal = movement.enabled(settings)
+    if refusal is not None:
+        raise Refused(refusal)
+    if locked.account is None:
+        return _remember_not_found(store, movement, locked.now, settings)
+
+    account = locked.account
+    before = dataclasses.replace(account)
+    now = rules.effective_now(account, locked.now)
+    restored = rules.refresh(account, now, settings)
+    decision = movement.decide(account, now, settings)
+    if account.balance_credits > rules.MAX_BALANCE:
+        raise Refused(
+            results.failure(
+                results.UNPROCESSABLE,
+                BALANCE_LIMIT,
+                f"the balance would exceed {rules.MAX_BALANCE} credits; nothing was written",
+            )
+        )
+    remembered = None
+    if movement.key is not None:
+        remembered = StoredOutcome(account.id, movement.operation, decision.cost, decision.outcome)
+    ledger_id = store.write(
+        Writes(
+            key=movement.key,
+            at=now,
+            account=account,
+            changed=account != before,
+            resets=restored,
+            entry=decision.entry,
+            outcome=remembered,
+        )
+    )
+    if decision.entry is None:
+        return decision.outcome
+    return {**decision.outcome, "ledger_id": ledger_id}
+
+
+def _bring_up_to_date(store: Store, account: AccountRow, clock: datetime, settings: Settings):
+    before = dataclasses.replace(account)
+    now = rules.effective_now(account, clock)
+    restored = rules.refresh(account, now, settings)
+    if account != before:
+        store.write(Writes(key=None, at=now, account=account, changed=True, resets=restored))
+
+
+def _remember_not_found(
+    store: Store, movement: Movement, now: datetime, settings: Settings
+) -> results.Result:
+    outcome = {
+        **results.user_not_found(movement.user_id),
+        "idempotency_key": movement.key,
+        "replayed": False,
+    }
+    if movement.key is not None:  # a 404 is final for its key: the user may appear later
+        cost = movement.recorded_cost(settings)
+        stored = StoredOutcome(movement.user_id, movement.operation, cost, outcome)
+        store.write(Writes(key=movement.key, at=now, outcome=stored))
+    return outcome
+
+
+def replay(stored: StoredOutcome, movement: Movement) -> results.Result:
+    if not movement.matches(stored):
+        return conflict(movement.key, stored)
+    return {**stored.response, "replayed": True}
+
+
+def conflict(key: str | None, stored: StoredOutcome) -> results.Result:
+    return results.failure(
+        results.CONFLICT,
+        results.IDEMPOTENCY_CONFLICT,
+        "this idempotency key was already used for a different request "
+        f"(user {stored.user_id}, {stored.operation}, cost {stored.cost})",
+        idempotency_key=key,
+        replayed=False,
+    )
+
+
+def outcome_fields(key: str, state: dict[str, Any]) -> dict[str, Any]:
+    """The fields every movement's first outcome carries besides its own."""
+    return {"idempotency_key": key, "replayed": False, "state": state}
