@@ -10,9 +10,25 @@ worker code. Copy this one package into a producer, or install the project.
     paid = billing.charge_generation(user_id=42, idempotency_key="fitting-job-8c1f")
     if paid.ok:
         ...
+
+A BillingTimeout or BillingFailed (both OutcomeUnknown) means the outcome is unknown, not
+that nothing happened: send the same request with the same key again, never a new key.
 """
 
 from billing_client import names
-from billing_client.client import BillingClient, BillingFailed, BillingResult, BillingTimeout
+from billing_client.client import (
+    BillingClient,
+    BillingFailed,
+    BillingResult,
+    BillingTimeout,
+    OutcomeUnknown,
+)
 
-__all__ = ["BillingClient", "BillingFailed", "BillingResult", "BillingTimeout", "names"]
+__all__ = [
+    "BillingClient",
+    "BillingFailed",
+    "BillingResult",
+    "BillingTimeout",
+    "OutcomeUnknown",
+    "names",
+]

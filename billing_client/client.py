@@ -11,14 +11,21 @@ from celery.utils.saferepr import saferepr
 from billing_client import names
 
 
-class BillingTimeout(Exception):
-    """No answer in time. The outcome is unknown: send the same request again with the same
-    idempotency key, which is safe and returns the first outcome when there was one."""
+class OutcomeUnknown(Exception):
+    """The outcome is unknown: the movement may or may not have been committed (a commit can
+    land and only its answer be lost). Send the same request with the same idempotency key
+    again: it answers the first outcome if there was one, and runs it if there was not.
+    Never send it under a new key: if the first one was committed, that charges twice."""
 
 
-class BillingFailed(Exception):
-    """The task failed (an infrastructure failure outlasted its retries). Nothing was
-    committed for it; sending the same request again with the same key is safe."""
+class BillingTimeout(OutcomeUnknown):
+    """No answer in time. Outcome unknown: send the same request with the same key again."""
+
+
+class BillingFailed(OutcomeUnknown):
+    """The task ended in FAILURE (an infrastructure failure outlasted its retries), or its
+    answer was not a result. Outcome unknown: its last attempt may have committed before it
+    failed. Send the same request with the same key again."""
 
 
 @dataclass(frozen=True)

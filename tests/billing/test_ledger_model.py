@@ -59,11 +59,15 @@ class Model:
     charges: dict[str, dict[str, Any]] = field(default_factory=dict)
     refunded: set[str] = field(default_factory=set)
 
-    def keyed(self, key: str, user: int, fingerprint: tuple[Any, ...], body) -> dict[str, Any]:
+    def keyed(
+        self, key: str, user: int, fingerprint: tuple[Any, ...], body, asked: Any = None
+    ) -> dict[str, Any]:
+        """``fingerprint`` is (user, operation, cost charged); ``asked`` the cost the request
+        passed: a repeat matches the user and operation, and the cost when it passes one."""
         self.accounts[user].refresh(self.t)
         if key in self.requests:
             stored_fp, outcome = self.requests[key]
-            if stored_fp != fingerprint:
+            if stored_fp[:2] != fingerprint[:2] or asked not in (None, stored_fp[2]):
                 return {"code": 409}
             return {**outcome, "replayed": True}
         outcome = {**body(self.accounts[user]), "replayed": False}
@@ -90,14 +94,14 @@ class Model:
             self.charges[key] = {"user": user, "source": source, "amount": amount, "t": self.t}
             return {"code": 200, "source": source, "amount": amount}
 
-        return self.keyed(key, user, (user, op, effective), pay)
+        return self.keyed(key, user, (user, op, effective), pay, asked=cost)
 
     def grant(self, user: int, amount: int, key: str) -> dict[str, Any]:
         def top_up(acc: Account) -> dict[str, Any]:
             acc.balance += amount
             return {"code": 200, "amount": amount}
 
-        return self.keyed(key, user, (user, "grant", amount), top_up)
+        return self.keyed(key, user, (user, "grant", amount), top_up, asked=amount)
 
     def subscribe(self, user: int, tier: str, days: int, key: str) -> dict[str, Any]:
         canonical = ALIASES.get(tier, tier)
@@ -115,7 +119,7 @@ class Model:
             acc.sub_type, acc.sub_limit = canonical, TIERS[canonical]
             return {"code": 200, "change": change}
 
-        return self.keyed(key, user, (user, f"subscription:{canonical}", days), activate)
+        return self.keyed(key, user, (user, f"subscription:{tier}", days), activate, asked=days)
 
     def refund(self, key: str) -> dict[str, Any]:
         charge = self.charges.get(key)

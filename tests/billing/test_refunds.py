@@ -118,3 +118,23 @@ def test_refund_in_a_later_period_leaves_the_new_period_alone(worker, accounts, 
 
     assert result["amount"] == 0
     assert accounts.get(user).subscription_ops_used == 1
+
+
+def test_refund_past_the_balance_ceiling_is_refused_writes_nothing_and_can_come_again(
+    worker, accounts, engine
+):
+    user = accounts.credits_only(balance_credits=1000)
+    worker.charge_generation(user, "gen-ceiling", cost=500)
+    with engine.begin() as conn:  # the balance grew meanwhile, to just under the ceiling
+        conn.exec_driver_sql(f"UPDATE users SET balance_credits = 2147483500 WHERE id = {user}")
+
+    refused = worker.refund("gen-ceiling")
+
+    assert (refused["ok"], refused["code"], refused["error"]) == (False, 422, "balance_limit")
+    assert accounts.get(user).balance_credits == 2147483500
+    assert [r.entry_type for r in ledger_rows(engine, user)] == ["charge"]
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"UPDATE users SET balance_credits = 100 WHERE id = {user}")
+    again = worker.refund("gen-ceiling")
+    assert (again["code"], again["amount"], again["replayed"]) == (200, 500, False)
+    assert accounts.get(user).balance_credits == 600

@@ -9,8 +9,10 @@ import sys
 import venv
 from pathlib import Path
 
+import pytest
+
 import billing_client
-from billing_client import BillingClient
+from billing_client import BillingClient, BillingFailed, BillingTimeout, OutcomeUnknown
 from tests.services import REDIS_URL
 from worker import app
 
@@ -25,7 +27,7 @@ for forbidden in ("sqlalchemy", "psycopg", "pydantic", "billing", "models", "wor
         continue
     sys.exit(f"{forbidden} is importable: this is not a Celery-only process")
 
-from billing_client import BillingClient
+from billing_client import BillingClient, BillingFailed, BillingTimeout, OutcomeUnknown
 
 client = BillingClient(broker_url=sys.argv[1], result_backend=sys.argv[1], timeout=30)
 user = int(sys.argv[2])
@@ -90,3 +92,19 @@ def test_client_result_object_and_rejections(worker, accounts):
     )
     assert (invalid.code, invalid.field) == (422, "cost")
     assert ledger.ok and ledger.raw["entries"] == []
+
+
+def test_an_unknown_outcome_is_resolved_by_the_same_key_not_a_new_one(worker, accounts):
+    # A worker charged the job, but the producer never heard: its wait timed out.
+    user = accounts.credits_only()
+    charged = worker.charge_generation(user, "cl-lost-answer")
+    impatient = BillingClient(app, queue="billing-nobody-listens", timeout=0.5)
+    with pytest.raises(OutcomeUnknown) as unknown:
+        impatient.charge_generation(user, "cl-lost-answer")  # nobody consumes that queue
+    assert isinstance(unknown.value, BillingTimeout)
+    assert issubclass(BillingFailed, OutcomeUnknown)
+
+    resent = BillingClient(app, timeout=30).charge_generation(user, "cl-lost-answer")
+
+    assert (resent.replayed, resent.ledger_id) == (True, charged["ledger_id"])
+    assert accounts.get(user).balance_credits == 100 - charged["amount"]

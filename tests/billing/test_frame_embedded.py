@@ -1,0 +1,140 @@
+"""The frame on the embedded default: the same movements, through SqlStore on SQLite, with the
+schema built by the migrations. Every branch of the frame, as on PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import Engine, text
+
+from billing import accounts, charges, frame, grants, migrate, refunds, store, subscriptions
+from billing.db import create_db_engine
+from billing.settings import Settings
+from billing.validation import ChargeArgs, GrantArgs, RefundArgs, SubscriptionArgs, UserArgs
+from models import Operation
+
+
+@pytest.fixture
+def sqlite(tmp_path) -> Iterator[Engine]:
+    url = f"sqlite:///{tmp_path / 'billing.sqlite'}"
+    migrate.upgrade(url)
+    engine = create_db_engine(url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    return Settings(database_url=None, data_dir=tmp_path)
+
+
+def _account(engine: Engine, user_id: int, **columns: object) -> int:
+    names = ", ".join(["id", *columns])
+    values = ", ".join([":id", *(f":{c}" for c in columns)])
+    with engine.begin() as conn:
+        conn.execute(
+            text(f"INSERT INTO users ({names}) VALUES ({values})"), {"id": user_id, **columns}
+        )
+    return user_id
+
+
+def _row(engine: Engine, user_id: int) -> dict:
+    with engine.connect() as conn:
+        return dict(
+            conn.execute(text("SELECT * FROM users WHERE id = :u"), {"u": user_id}).mappings().one()
+        )
+
+
+def _charge(engine: Engine, settings: Settings, user: int, key: str, **kw: object) -> dict:
+    args = ChargeArgs.parse((), {"user_id": user, "idempotency_key": key, **kw})
+    with store.connect(engine) as conn:
+        return frame.run(conn, charges.Charge(Operation.GENERATION, args), settings)
+
+
+def test_charges_replays_rejections_and_conflicts(sqlite, settings):
+    user = _account(sqlite, 1, freemium_actions_used=settings.freemium_limit, balance_credits=15)
+    other = _account(sqlite, 2)
+
+    paid = _charge(sqlite, settings, user, "a")
+    again = _charge(sqlite, settings, user, "a")
+    broke = _charge(sqlite, settings, user, "b")
+    broke_again = _charge(sqlite, settings, user, "b")
+    ghost = _charge(sqlite, settings, 99, "g")
+    conflict = _charge(sqlite, settings, other, "a")
+    invalid_cost_free = _charge(sqlite, settings, user, "a", cost=10)
+
+    assert (paid["source"], paid["amount"], paid["replayed"]) == ("credits", 10, False)
+    assert again["replayed"] is True and again["ledger_id"] == paid["ledger_id"]
+    assert (broke["code"], broke_again["code"], broke_again["replayed"]) == (402, 402, True)
+    assert ghost["code"] == 404
+    assert (conflict["code"], conflict["error"]) == (409, "idempotency_conflict")
+    assert invalid_cost_free["replayed"] is True
+    assert _row(sqlite, user)["balance_credits"] == 5
+
+
+def test_flags_and_costs_apply_to_new_keys_only(sqlite, settings):
+    user = _account(sqlite, 1, freemium_actions_used=settings.freemium_limit, balance_credits=100)
+    first = _charge(sqlite, settings, user, "a")
+
+    later = settings.model_copy(update={"generation_cost": 30, "v4_enabled": False})
+    again = _charge(sqlite, later, user, "a")
+    refused = _charge(sqlite, later, user, "new")
+
+    assert again["replayed"] is True and again["amount"] == first["amount"] == 10
+    assert (refused["code"], refused["error"]) == (400, "billing_disabled")
+    assert _row(sqlite, user)["balance_credits"] == 90
+
+
+def test_grant_subscription_and_refund(sqlite, settings):
+    user = _account(sqlite, 1, freemium_actions_used=settings.freemium_limit)
+    with store.connect(sqlite) as conn:
+        granted = frame.run(
+            conn,
+            grants.Grant(
+                GrantArgs.parse((), {"user_id": user, "amount": 40, "idempotency_key": "p"})
+            ),
+            settings,
+        )
+        sub_args = {"user_id": user, "tier": "pro", "idempotency_key": "s"}
+        subscribed = frame.run(
+            conn, subscriptions.Subscription(SubscriptionArgs.parse((), sub_args)), settings
+        )
+    charged = _charge(sqlite, settings, user, "job")
+    with store.connect(sqlite) as conn:
+        refunded = refunds.refund(conn, RefundArgs.parse((), {"idempotency_key": "job"}), settings)
+        twice = refunds.refund(conn, RefundArgs.parse((), {"idempotency_key": "job"}), settings)
+        missing = refunds.refund(conn, RefundArgs.parse((), {"idempotency_key": "none"}), settings)
+
+    assert granted["state"]["credits"]["balance"] == 40
+    assert (subscribed["change"], subscribed["tier"]) == ("new", "standard")
+    assert charged["source"] == "subscription"
+    assert (refunded["amount"], twice["replayed"], missing["code"]) == (1, True, 404)
+    row = _row(sqlite, user)
+    assert (row["subscription_ops_used"], row["subscription_ops_limit"]) == (0, 100)
+
+
+def test_a_grant_past_the_ceiling_is_refused_and_not_remembered(sqlite, settings):
+    user = _account(sqlite, 1, balance_credits=2**31 - 5)
+    args = GrantArgs.parse((), {"user_id": user, "amount": 10, "idempotency_key": "big"})
+    with store.connect(sqlite) as conn:
+        refused = frame.run(conn, grants.Grant(args), settings)
+    with sqlite.connect() as conn:
+        remembered = conn.execute(text("SELECT count(*) FROM billing_requests")).scalar()
+
+    assert (refused["code"], refused["error"], remembered) == (422, "balance_limit", 0)
+    assert _row(sqlite, user)["balance_credits"] == 2**31 - 5
+
+
+def test_state_read_stores_a_due_reset_under_the_lock(sqlite, settings):
+    old = datetime.now(UTC) - timedelta(days=31)
+    user = _account(sqlite, 1, freemium_actions_used=3, freemium_reset_at=old)
+    with store.connect(sqlite) as conn:
+        state = accounts.get_state(conn, UserArgs.parse((), {"user_id": user}), settings)
+    with sqlite.connect() as conn:
+        journal = conn.execute(text("SELECT restored FROM allowance_resets")).scalars().all()
+
+    assert state["state"]["freemium"]["used"] == 0
+    assert _row(sqlite, user)["freemium_actions_used"] == 0
+    assert journal == [3]
