@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import Connection, Table, select, update
+from sqlalchemy import Column, Connection, Table, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 
@@ -61,66 +62,63 @@ class SqlStore:
 
     def write(self, writes: Writes) -> int | None:
         conn, account, entry, outcome = self.conn, writes.account, writes.entry, writes.outcome
-        try:
-            if account is not None and writes.changed:
-                values = {k: v for k, v in asdict(account).items() if k not in ("id", "role")}
-                conn.execute(update(USERS).where(USERS.c.id == account.id).values(**values))
-            for reset in writes.resets:
-                conn.execute(
-                    insert_unless_exists(conn, RESETS).values(
-                        user_id=self._user_id,
-                        source=reset.source,
-                        period_start=reset.period_start,
-                        restored=reset.amount,
-                        recorded_at=writes.at,
-                    )
+        if account is not None and writes.changed:
+            values = {k: v for k, v in asdict(account).items() if k not in ("id", "role")}
+            conn.execute(update(USERS).where(USERS.c.id == account.id).values(**values))
+        for reset in writes.resets:
+            conn.execute(
+                insert_unless_exists(conn, RESETS).values(
+                    user_id=self._user_id,
+                    source=reset.source,
+                    period_start=reset.period_start,
+                    restored=reset.amount,
+                    recorded_at=writes.at,
                 )
-            ledger_id = None
-            if entry is not None:
-                assert account is not None, "a ledger row belongs to an account"
-                ledger_id = conn.execute(
-                    insert_unless_exists(conn, LEDGER)
-                    .values(
-                        user_id=account.id,
-                        entry_type=entry.entry_type,
-                        source=entry.source,
-                        operation=entry.operation,
-                        amount=entry.amount,
-                        idempotency_key=writes.key,
-                        balance_credits_after=account.balance_credits,
-                        subscription_ops_used_after=account.subscription_ops_used,
-                        freemium_actions_used_after=account.freemium_actions_used,
-                        meta=entry.meta,
-                        refund_of_id=entry.refund_of_id,
-                        created_at=writes.at,
-                    )
-                    .returning(LEDGER.c.id)
-                ).scalar()
-                if ledger_id is None:
-                    raise KeyRaced(writes.key)
-            if outcome is not None:
-                response = outcome.response
-                if ledger_id is not None:
-                    response = {**response, "ledger_id": ledger_id}
-                taken = conn.execute(
-                    insert_unless_exists(conn, OUTCOMES)
-                    .values(
-                        idempotency_key=writes.key,
-                        user_id=outcome.user_id,
-                        operation=outcome.operation,
-                        cost=outcome.cost,
-                        response=response,
-                        ledger_id=ledger_id,
-                    )
-                    .returning(OUTCOMES.c.idempotency_key)
-                ).first()
-                if taken is None:
-                    raise KeyRaced(writes.key)
-        except KeyRaced:
-            self.rollback()
-            raise
+            )
+        ledger_id = None
+        if entry is not None:
+            assert account is not None, "a ledger row belongs to an account"
+            ledger_id = self._insert_keyed(
+                LEDGER.c.id,
+                user_id=account.id,
+                entry_type=entry.entry_type,
+                source=entry.source,
+                operation=entry.operation,
+                amount=entry.amount,
+                idempotency_key=writes.key,
+                balance_credits_after=account.balance_credits,
+                subscription_ops_used_after=account.subscription_ops_used,
+                freemium_actions_used_after=account.freemium_actions_used,
+                meta=entry.meta,
+                refund_of_id=entry.refund_of_id,
+                created_at=writes.at,
+            )
+        if outcome is not None:
+            response = outcome.response
+            if ledger_id is not None:
+                response = {**response, "ledger_id": ledger_id}
+            self._insert_keyed(
+                OUTCOMES.c.idempotency_key,
+                idempotency_key=writes.key,
+                user_id=outcome.user_id,
+                operation=outcome.operation,
+                cost=outcome.cost,
+                response=response,
+                ledger_id=ledger_id,
+            )
         conn.commit()
         return ledger_id
+
+    def _insert_keyed(self, returning: Column[Any], **values: Any) -> Any:
+        """Insert a row under its unique idempotency key; a key taken meanwhile rolls back
+        and raises KeyRaced."""
+        table = returning.table
+        stmt = insert_unless_exists(self.conn, table).values(**values).returning(returning)
+        inserted = self.conn.execute(stmt).scalar()
+        if inserted is None:
+            self.rollback()
+            raise KeyRaced(values["idempotency_key"])
+        return inserted
 
     def rollback(self) -> None:
         if self.conn.in_transaction():

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -21,6 +20,7 @@ from sqlalchemy import Engine
 
 from billing.settings import get_settings
 from tests.conftest import RESULT_TIMEOUT, days_ago, ledger_rows
+from tests.procs import wait_until
 from worker import app
 
 
@@ -35,15 +35,6 @@ def _lock_waiters(observer: psycopg.Connection) -> int:
     ).fetchone()[0]
 
 
-def _until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting until {what}")
-
-
 def race_behind_a_held_lock(
     engine: Engine, user: int, movement: Callable[[], object], read: Callable[[], object]
 ) -> tuple[object, object]:
@@ -55,9 +46,9 @@ def race_behind_a_held_lock(
     ):
         holder.execute("SELECT 1 FROM users WHERE id = %s FOR UPDATE", (user,))
         first = movement()
-        _until(lambda: _lock_waiters(observer) == 1, "the movement waits for the row lock")
+        wait_until(lambda: _lock_waiters(observer) == 1, "the movement waits for the row lock")
         second = read()
-        _until(lambda: _lock_waiters(observer) == 2, "the read waits behind it")
+        wait_until(lambda: _lock_waiters(observer) == 2, "the read waits behind it")
         holder.commit()
     return first, second
 

@@ -21,15 +21,10 @@ from celery import Celery
 from sqlalchemy import text
 
 from tests.faults import harness
-from tests.procs import celery_worker_process
+from tests.procs import celery_worker_process, children
 from worker import app
 
 pytestmark = pytest.mark.faults
-
-
-def _children(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
-    return [int(p) for p in out.stdout.split()]
 
 
 def _report(name: str, report: harness.Report) -> None:
@@ -42,7 +37,7 @@ def test_killed_worker_child_and_killed_worker(engine, database):
     with celery_worker_process(queue, concurrency=4, env=harness.WORKER_ENV) as first:
         sent = harness.send_stream(app, fleet, queue)
         harness.wait_until_progress(engine, 300)
-        child = _children(first.pid)[0]
+        child = children(first.pid)[0]
         os.kill(child, signal.SIGKILL)  # one pool process, mid-task
         harness.wait_until_progress(engine, 900)
         os.killpg(first.pid, signal.SIGKILL)  # the whole worker, children and all

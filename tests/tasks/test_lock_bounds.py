@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 
 import psycopg
 
 from tests.conftest import RESULT_TIMEOUT, ledger_rows
-from tests.procs import celery_worker_process
+from tests.procs import celery_worker_process, children, wait_until
 from worker import app
 
 IDLE_TIMEOUT_MS = 3000
@@ -26,20 +25,6 @@ ENV = {
     "BILLING_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS": str(IDLE_TIMEOUT_MS),
     "BILLING_DB_LOCK_TIMEOUT_MS": str(LOCK_TIMEOUT_MS),
 }
-
-
-def _children(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
-    return [int(p) for p in out.stdout.split()]
-
-
-def _until(condition, what: str, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting until {what}")
 
 
 def test_a_frozen_worker_child_releases_the_account_within_the_idle_timeout(
@@ -59,7 +44,7 @@ def test_a_frozen_worker_child_releases_the_account_within_the_idle_timeout(
         celery_worker_process("billing-other", concurrency=1, env=ENV),
         psycopg.connect(dsn, autocommit=True) as observer,
     ):
-        child = _children(frozen_worker.pid)[0]
+        child = children(frozen_worker.pid)[0]
         with psycopg.connect(dsn) as holder:
             holder.execute("SELECT 1 FROM users WHERE id = %s FOR UPDATE", (user,))
             first = app.send_task(
@@ -67,13 +52,13 @@ def test_a_frozen_worker_child_releases_the_account_within_the_idle_timeout(
                 kwargs={"user_id": user, "idempotency_key": "frozen-1"},
                 queue="billing-frozen",
             )
-            _until(
+            wait_until(
                 lambda: ("active", "Lock") in observer.execute(sessions).fetchall(),
                 "the first charge waits for the row lock",
             )
             os.kill(child, signal.SIGSTOP)
         # The lock is the frozen charge's now: it read the account and will never write.
-        _until(
+        wait_until(
             lambda: any(s == "idle in transaction" for s, _ in observer.execute(sessions)),
             "the frozen charge holds the lock, idle in its transaction",
         )
