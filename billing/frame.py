@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import datetime
-from typing import Any
 
 from billing import results, rules
 from billing.rules import AccountRow
@@ -93,21 +92,24 @@ def run(store: Store, movement: Movement, settings: Settings) -> results.Result:
 
 def _run(store: Store, movement: Movement, settings: Settings) -> results.Result:
     locked = store.lock(movement.user_id, movement.key)
+    account, now, restored, changed = locked.account, locked.now, [], False
+    if account is not None:
+        before = dataclasses.replace(account)
+        now = rules.effective_now(account, locked.now)
+        restored = rules.refresh(account, now, settings)
+        changed = account != before
     if locked.stored is not None:
-        # Answered from the outcome alone; a due reset is still stored, as every read does.
-        if locked.account is not None and movement.enabled(settings) is None:
-            _bring_up_to_date(store, locked.account, locked.now, settings)
+        # Answered from the outcome alone; a due reset is still stored, as every read does
+        # (unless a flag is off: then nothing is written).
+        if changed and movement.enabled(settings) is None:
+            store.write(Writes(key=None, at=now, account=account, changed=True, resets=restored))
         return replay(locked.stored, movement)
     refusal = movement.enabled(settings)
     if refusal is not None:
         raise Refused(refusal)
-    if locked.account is None:
-        return _remember_not_found(store, movement, locked.now, settings)
+    if account is None:
+        return _remember_not_found(store, movement, now, settings)
 
-    account = locked.account
-    before = dataclasses.replace(account)
-    now = rules.effective_now(account, locked.now)
-    restored = rules.refresh(account, now, settings)
     decision = movement.decide(account, now, settings)
     if account.balance_credits > rules.MAX_BALANCE:
         raise Refused(
@@ -134,14 +136,6 @@ def _run(store: Store, movement: Movement, settings: Settings) -> results.Result
     if decision.entry is None:
         return decision.outcome
     return {**decision.outcome, "ledger_id": ledger_id}
-
-
-def _bring_up_to_date(store: Store, account: AccountRow, clock: datetime, settings: Settings):
-    before = dataclasses.replace(account)
-    now = rules.effective_now(account, clock)
-    restored = rules.refresh(account, now, settings)
-    if account != before:
-        store.write(Writes(key=None, at=now, account=account, changed=True, resets=restored))
 
 
 def _remember_not_found(
@@ -174,8 +168,3 @@ def conflict(key: str | None, stored: StoredOutcome) -> results.Result:
         idempotency_key=key,
         replayed=False,
     )
-
-
-def outcome_fields(key: str, state: dict[str, Any]) -> dict[str, Any]:
-    """The fields every movement's first outcome carries besides its own."""
-    return {"idempotency_key": key, "replayed": False, "state": state}

@@ -11,13 +11,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from billing.settings import Settings
-from models import LedgerSource, Operation, User, UserRole
+from models import LedgerSource, Operation, UserRole
 
 
 @dataclass
 class AccountRow:
-    """An account as a plain row of its ``users`` columns (the PostgreSQL charge path reads
-    these without the ORM)."""
+    """An account as a plain row of its ``users`` columns: what the stores read under the row
+    lock, the rules change, and the stores write back."""
 
     id: int
     role: str
@@ -30,9 +30,6 @@ class AccountRow:
     freemium_reset_at: datetime
     balance_credits: int
 
-
-# What the rules read and write: the ORM model or the plain row, which share their columns.
-Account = User | AccountRow
 
 # users.balance_credits is a PostgreSQL integer: no movement may take a balance past it.
 MAX_BALANCE = 2**31 - 1
@@ -58,7 +55,7 @@ def next_period_start(reset_at: datetime, now: datetime, period: timedelta) -> d
 MAX_LOCK_WAIT = timedelta(minutes=5)
 
 
-def effective_now(user: Account, now: datetime) -> datetime:
+def effective_now(user: AccountRow, now: datetime) -> datetime:
     """The transaction's clock, moved up to any period start committed while it waited.
 
     ``now()`` is taken when the transaction starts, before the row lock: a beat reset or a new
@@ -71,7 +68,7 @@ def effective_now(user: Account, now: datetime) -> datetime:
     return max(now, *(s for s in starts if s <= now + MAX_LOCK_WAIT))
 
 
-def subscription_active(user: Account, now: datetime) -> bool:
+def subscription_active(user: AccountRow, now: datetime) -> bool:
     return (
         user.subscription_type is not None
         and user.subscription_end is not None
@@ -79,7 +76,7 @@ def subscription_active(user: Account, now: datetime) -> bool:
     )
 
 
-def refresh_changes(user: Account, now: datetime, settings: Settings) -> dict[str, Any]:
+def refresh_changes(user: AccountRow, now: datetime, settings: Settings) -> dict[str, Any]:
     """Column updates that bring an account up to date: lazy resets and tier normalisation."""
     changes: dict[str, Any] = {}
     period = timedelta(days=settings.reset_period_days)
@@ -106,7 +103,7 @@ def refresh_changes(user: Account, now: datetime, settings: Settings) -> dict[st
     return changes
 
 
-def apply(user: Account, changes: dict[str, Any]) -> None:
+def apply(user: AccountRow, changes: dict[str, Any]) -> None:
     for column, value in changes.items():
         setattr(user, column, value)
 
@@ -128,7 +125,7 @@ class Restored:
     amount: int
 
 
-def refresh(account: Account, now: datetime, settings: Settings) -> list[Restored]:
+def refresh(account: AccountRow, now: datetime, settings: Settings) -> list[Restored]:
     """Bring a locked account up to date in memory; the resets that restored something."""
     used_before = {source: getattr(account, used) for source, used, _ in ALLOWANCES}
     changes = refresh_changes(account, now, settings)
@@ -149,7 +146,7 @@ class Draw:
 
 
 def choose_draw(
-    user: Account, operation: Operation, cost: int, now: datetime, settings: Settings
+    user: AccountRow, operation: Operation, cost: int, now: datetime, settings: Settings
 ) -> Draw | None:
     """The source a charge draws from, in the product's strict order; None means 402."""
     if user.role == UserRole.ADMIN:
@@ -167,7 +164,7 @@ def choose_draw(
     return None
 
 
-def take(user: Account, draw: Draw) -> None:
+def take(user: AccountRow, draw: Draw) -> None:
     if draw.source == LedgerSource.SUBSCRIPTION:
         user.subscription_ops_used += draw.amount
     elif draw.source == LedgerSource.FREEMIUM:
@@ -180,7 +177,7 @@ def _iso(value: datetime | None) -> str | None:
     return as_utc(value).isoformat() if value is not None else None
 
 
-def account_state(user: Account, now: datetime, settings: Settings) -> dict[str, Any]:
+def account_state(user: AccountRow, now: datetime, settings: Settings) -> dict[str, Any]:
     period = timedelta(days=settings.reset_period_days)
     active = subscription_active(user, now)
     ops_remaining = (
