@@ -102,7 +102,9 @@ def _run(store: Store, movement: Movement, settings: Settings) -> results.Result
         # Answered from the outcome alone; a due reset is still stored, as every read does
         # (unless a flag is off: then nothing is written).
         if changed and movement.enabled(settings) is None:
-            store.write(Writes(key=None, at=now, account=account, changed=True, resets=restored))
+            store.write(
+                Writes(movement.user_id, None, now, account=account, changed=True, resets=restored)
+            )
         return replay(locked.stored, movement)
     refusal = movement.enabled(settings)
     if refusal is not None:
@@ -124,6 +126,7 @@ def _run(store: Store, movement: Movement, settings: Settings) -> results.Result
         remembered = StoredOutcome(account.id, movement.operation, decision.cost, decision.outcome)
     ledger_id = store.write(
         Writes(
+            user_id=account.id,
             key=movement.key,
             at=now,
             account=account,
@@ -149,7 +152,7 @@ def _remember_not_found(
     if movement.key is not None:  # a 404 is final for its key: the user may appear later
         cost = movement.recorded_cost(settings)
         stored = StoredOutcome(movement.user_id, movement.operation, cost, outcome)
-        store.write(Writes(key=movement.key, at=now, outcome=stored))
+        store.write(Writes(movement.user_id, movement.key, now, outcome=stored))
     return outcome
 
 

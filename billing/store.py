@@ -69,6 +69,7 @@ class Writes:
     ``key``, with ``ledger_id`` added when there is an entry.
     """
 
+    user_id: int
     key: str | None
     at: datetime
     account: AccountRow | None = None

@@ -128,7 +128,6 @@ class PgStore:
     def __init__(self, conn: psycopg.Connection) -> None:
         self.conn = conn
         self._cur = ClientCursor(conn)
-        self._user_id = 0
 
     def lock(self, user_id: int, key: str | None) -> Locked:
         prepare(self.conn)
@@ -143,7 +142,6 @@ class PgStore:
             return self._lock(user_id, key)
 
     def _lock(self, user_id: int, key: str | None) -> Locked:
-        self._user_id = user_id
         cur = self._cur
         cur.execute(
             READ_KEYED if key is not None else READ_KEYLESS, {"user_id": user_id, "key": key}
@@ -164,7 +162,7 @@ class PgStore:
     def write(self, writes: Writes) -> int | None:
         account, outcome, entry = writes.account, writes.outcome, writes.entry
         sql = ""
-        params: dict[str, Any] = {"user_id": self._user_id, "key": writes.key, "at": writes.at}
+        params: dict[str, Any] = {"user_id": writes.user_id, "key": writes.key, "at": writes.at}
         if account is not None and writes.changed:
             sql += UPDATE_ACCOUNT.call()
             params.update(zip(COLUMNS, astuple(account), strict=True))

@@ -36,7 +36,6 @@ def insert_unless_exists(conn: Connection, table: Table) -> Insert:
 class SqlStore:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
-        self._user_id = 0
 
     def _now(self) -> datetime:
         return datetime.now(UTC)
@@ -47,7 +46,6 @@ class SqlStore:
         return AccountRow(*row) if row is not None else None
 
     def lock(self, user_id: int, key: str | None) -> Locked:
-        self._user_id = user_id
         self.conn.begin()
         account = self._account(user_id, for_update=True)
         stored = None
@@ -68,7 +66,7 @@ class SqlStore:
         for reset in writes.resets:
             conn.execute(
                 insert_unless_exists(conn, RESETS).values(
-                    user_id=self._user_id,
+                    user_id=writes.user_id,
                     source=reset.source,
                     period_start=reset.period_start,
                     restored=reset.amount,
