@@ -60,4 +60,9 @@ beat_schedule = {
         # A run still queued when the next is due is dropped: the next one does its work.
         "options": {"expires": _settings.reset_interval_seconds},
     },
+    "expire-holds": {
+        "task": "billing.expire_holds",
+        "schedule": _settings.hold_sweep_seconds,
+        "options": {"expires": _settings.hold_sweep_seconds},
+    },
 }

@@ -1,4 +1,4 @@
-"""Reading an account's state, brought up to date (lazy resets, tier normalisation)."""
+"""Reading an account's state, brought up to date (lazy resets, tier fix, hold expiry)."""
 
 from __future__ import annotations
 
@@ -28,12 +28,16 @@ class BringUpToDate(Movement):
 def get_state(store: Store, args: UserArgs, settings: Settings) -> results.Result:
     if not settings.v4_enabled:
         return results.billing_disabled()
-    # A read takes no lock unless the account needs a reset or a tier fix stored. Then the
-    # frame reads it again under its row lock: what this first read saw is never written.
+    # A read takes no lock unless the account needs a reset, a tier fix or an expiry stored.
+    # Then the frame reads it again under its row lock: what this first read saw is never
+    # written.
     account, now = store.peek(args.user_id)
     if account is None:
         return results.user_not_found(args.user_id)
-    if not rules.refresh_changes(account, rules.effective_now(account, now), settings):
+    effective = rules.effective_now(account, now)
+    if not rules.refresh_changes(account, effective, settings) and not rules.due_holds(
+        account, effective
+    ):
         return results.success(state=rules.account_state(account, now, settings))
     outcome = frame.run(store, BringUpToDate(args.user_id), settings)
     if outcome["code"] == results.NOT_FOUND:  # gone between the two reads

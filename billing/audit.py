@@ -1,10 +1,16 @@
 """The ledger explains every account: balances and counters are the sum of their movements.
 
-- credits: ``balance_credits`` = grants - credit charges + credit refunds, over all time;
-- each allowance: ``*_used`` = its charges - its refunds since the current period began
-  (``*_reset_at``). A charge belongs to the period it was taken in; a reset moves the period
-  start past every charge of the period before, and a refund returns an allowance only
-  while its charge's period is current, so both sides of the sum move together.
+- credits: ``balance_credits`` = grants + refunds + releases + expiries - charges - holds, over
+  all time (a capture moves nothing: its hold took the amount, and a partial capture's rest
+  comes back as a release);
+- each allowance: ``*_used`` = its charges + holds - refunds - releases - expiries since the
+  current period began (``*_reset_at``). A take belongs to the period it was made in; a reset
+  moves the period start past every take of the period before, and a refund, release or
+  expiry returns an allowance only while its take's period is current, so both sides of the
+  sum move together.
+
+It also checks every hold against its ledger rows: an open hold has no settlement, a closed
+one has exactly the settlement its status names.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from billing import results
+from billing.settlement import SETTLE_PREFIX
 from billing.validation import AuditArgs
 
 MAX_REPORTED = 1000
@@ -23,16 +30,18 @@ _AUDIT_SQL = """
 WITH movements AS (
     SELECT l.user_id,
            sum(CASE WHEN l.source = 'credits' THEN
-                   CASE l.entry_type WHEN 'grant' THEN l.amount WHEN 'refund' THEN l.amount
-                                     WHEN 'charge' THEN -l.amount ELSE 0 END
+                   CASE WHEN l.entry_type IN ('grant', 'refund', 'release', 'expire') THEN l.amount
+                        WHEN l.entry_type IN ('charge', 'hold') THEN -l.amount ELSE 0 END
                ELSE 0 END) AS credits,
            sum(CASE WHEN l.source = 'subscription' AND l.created_at >= u.subscription_ops_reset_at
-                    THEN CASE l.entry_type WHEN 'charge' THEN l.amount
-                                           WHEN 'refund' THEN -l.amount ELSE 0 END
+                    THEN CASE WHEN l.entry_type IN ('charge', 'hold') THEN l.amount
+                              WHEN l.entry_type IN ('refund', 'release', 'expire') THEN -l.amount
+                              ELSE 0 END
                ELSE 0 END) AS subscription_ops,
            sum(CASE WHEN l.source = 'freemium' AND l.created_at >= u.freemium_reset_at
-                    THEN CASE l.entry_type WHEN 'charge' THEN l.amount
-                                           WHEN 'refund' THEN -l.amount ELSE 0 END
+                    THEN CASE WHEN l.entry_type IN ('charge', 'hold') THEN l.amount
+                              WHEN l.entry_type IN ('refund', 'release', 'expire') THEN -l.amount
+                              ELSE 0 END
                ELSE 0 END) AS freemium_actions
     FROM credits_ledger AS l
     JOIN users AS u ON u.id = l.user_id
@@ -47,6 +56,26 @@ FROM users AS u
 LEFT JOIN movements AS m ON m.user_id = u.id
 {user_filter}
 ORDER BY u.id
+"""
+
+# Holds whose ledger rows disagree with them: the reserve missing or of another amount, an open
+# hold with a settlement, a closed one without the settlement its status names (or a capture
+# of another amount than the hold says it kept).
+_HOLDS_SQL = """
+SELECT h.user_id, h.idempotency_key, CAST(h.status AS TEXT) AS status,
+       CAST(s.entry_type AS TEXT) AS settled_as
+FROM billing_holds AS h
+LEFT JOIN credits_ledger AS r
+       ON r.idempotency_key = h.idempotency_key AND r.entry_type = 'hold'
+LEFT JOIN credits_ledger AS s ON s.idempotency_key = :settle_prefix || h.idempotency_key
+WHERE {hold_filter}
+      (r.id IS NULL OR r.amount <> h.amount
+       OR (CAST(h.status AS TEXT) = 'held' AND s.id IS NOT NULL)
+       OR (CAST(h.status AS TEXT) <> 'held' AND (s.id IS NULL
+           OR CAST(s.entry_type AS TEXT) <> CASE CAST(h.status AS TEXT)
+                  WHEN 'captured' THEN 'capture' WHEN 'released' THEN 'release' ELSE 'expire' END
+           OR (CAST(h.status AS TEXT) = 'captured' AND s.amount <> h.captured))))
+ORDER BY h.user_id, h.idempotency_key
 """
 
 CHECKS = (
@@ -88,6 +117,20 @@ def audit(session: Session, args: AuditArgs) -> results.Result:
                     )
     if args.user_id is not None and checked == 0:
         return results.user_not_found(args.user_id)
+    hold_filter = "h.user_id = :uid AND" if args.user_id is not None else ""
+    params["settle_prefix"] = SETTLE_PREFIX
+    for row in session.execute(text(_HOLDS_SQL.format(hold_filter=hold_filter)), params):
+        total += 1
+        if len(mismatches) < MAX_REPORTED:
+            mismatches.append(
+                {
+                    "user_id": row.user_id,
+                    "field": "hold",
+                    "hold_key": row.idempotency_key,
+                    "stored": row.status,
+                    "ledger": row.settled_as,
+                }
+            )
     return results.success(
         clean=total == 0,
         accounts_checked=checked,

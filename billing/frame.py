@@ -1,4 +1,4 @@
-"""The one frame of every keyed movement: charges, grants, subscriptions, refunds.
+"""The one frame of every keyed movement: charges, holds, grants, subscriptions, refunds.
 
     lock the account -> bring it up to date -> look the key up -> decide -> write -> commit
 
@@ -6,7 +6,8 @@
    the key up: a repeat by the same user queues on the lock and finds what the first one
    committed. Nothing the frame decides on is read before the lock, so nothing read before it
    can be written back.
-2. Lazy resets and the tier fix bring the locked row up to date (``rules.refresh``).
+2. Lazy resets, the tier fix and the expiry of due holds bring the locked account up to date
+   (``bring_up_to_date``).
 3. A key with an outcome answers that outcome (``replayed: true``) if the request matches it,
    else 409, whatever flags, costs and tiers are configured now: they apply to new keys only.
 4. A new key: the movement's rules decide (``Movement.decide``); a refusal (a 422, a disabled
@@ -24,10 +25,10 @@ from __future__ import annotations
 import dataclasses
 from datetime import datetime
 
-from billing import results, rules
-from billing.rules import AccountRow
+from billing import results, rules, settlement
+from billing.rules import AccountRow, Restored
 from billing.settings import Settings
-from billing.store import Entry, Store, StoredOutcome, Writes
+from billing.store import Entry, HoldChange, Store, StoredOutcome, Writes
 
 BALANCE_LIMIT = "balance_limit"
 
@@ -44,11 +45,14 @@ class Refused(Exception):
 @dataclasses.dataclass(frozen=True)
 class Decision:
     """What the rules decided for a new key: the outcome, the ledger row it writes (None for a
-    rejection that moves nothing, such as a 402) and the cost the key is remembered with."""
+    rejection that moves nothing, such as a 402), the cost the key is remembered with, and
+    any holds and further ledger rows it writes (a reserve's hold, a capture's rest)."""
 
     outcome: results.Result
     entry: Entry | None = None
     cost: int | None = None
+    holds: list[HoldChange] = dataclasses.field(default_factory=list)
+    entries: list[Entry] = dataclasses.field(default_factory=list)
 
 
 class Movement:
@@ -58,6 +62,7 @@ class Movement:
     user_id: int
     operation: str  # what a repeat of the key must match, with the user and the cost
     requested_cost: int | None = None  # as the producer sent it; None when absent
+    hold_key: str | None = None  # the hold a capture or release settles
 
     def enabled(self, settings: Settings) -> results.Result | None:
         """The refusal a disabled flag gives a new key, or None."""
@@ -90,21 +95,41 @@ def run(store: Store, movement: Movement, settings: Settings) -> results.Result:
         store.rollback()  # nothing to do after a commit; undoes a refusal or an error
 
 
+@dataclasses.dataclass(frozen=True)
+class Update:
+    """What bringing an account up to date changed, besides its counters."""
+
+    resets: list[Restored] = dataclasses.field(default_factory=list)
+    holds: list[HoldChange] = dataclasses.field(default_factory=list)
+    entries: list[Entry] = dataclasses.field(default_factory=list)
+
+
+def bring_up_to_date(account: AccountRow, now: datetime, settings: Settings) -> Update:
+    """On the locked account: lazy resets and the tier fix, then every hold whose time is up
+    expires. Resets come first, so a hold taken in a period that has ended gives back
+    nothing, as a refund of a charge from that period would."""
+    resets = rules.refresh(account, now, settings)
+    expired = settlement.expire_due(account, now)
+    return Update(
+        resets,
+        [settled.change for settled in expired],
+        [entry for settled in expired for entry in settled.entries],
+    )
+
+
 def _run(store: Store, movement: Movement, settings: Settings) -> results.Result:
-    locked = store.lock(movement.user_id, movement.key)
-    account, now, restored, changed = locked.account, locked.now, [], False
+    locked = store.lock(movement.user_id, movement.key, movement.hold_key)
+    account, now, update, changed = locked.account, locked.now, Update(), False
     if account is not None:
         before = dataclasses.replace(account)
         now = rules.effective_now(account, locked.now)
-        restored = rules.refresh(account, now, settings)
+        update = bring_up_to_date(account, now, settings)
         changed = account != before
     if locked.stored is not None:
-        # Answered from the outcome alone; a due reset is still stored, as every read does
-        # (unless a flag is off: then nothing is written).
-        if changed and movement.enabled(settings) is None:
-            store.write(
-                Writes(movement.user_id, None, now, account=account, changed=True, resets=restored)
-            )
+        # Answered from the outcome alone; a due reset or expiry is still stored, as every
+        # read does (unless a flag is off: then nothing is written).
+        if (changed or update.holds) and movement.enabled(settings) is None:
+            store.write(writes_for(movement.user_id, None, now, account, changed, update))
         return replay(locked.stored, movement)
     refusal = movement.enabled(settings)
     if refusal is not None:
@@ -125,13 +150,10 @@ def _run(store: Store, movement: Movement, settings: Settings) -> results.Result
     if movement.key is not None:
         remembered = StoredOutcome(account.id, movement.operation, decision.cost, decision.outcome)
     ledger_id = store.write(
-        Writes(
-            user_id=account.id,
-            key=movement.key,
-            at=now,
-            account=account,
-            changed=account != before,
-            resets=restored,
+        dataclasses.replace(
+            writes_for(account.id, movement.key, now, account, account != before, update),
+            holds=update.holds + decision.holds,
+            entries=update.entries + decision.entries,
             entry=decision.entry,
             outcome=remembered,
         )
@@ -139,6 +161,27 @@ def _run(store: Store, movement: Movement, settings: Settings) -> results.Result
     if decision.entry is None:
         return decision.outcome
     return {**decision.outcome, "ledger_id": ledger_id}
+
+
+def writes_for(
+    user_id: int,
+    key: str | None,
+    now: datetime,
+    account: AccountRow | None,
+    changed: bool,
+    update: Update,
+) -> Writes:
+    """What bringing the account up to date writes; a movement adds its own to it."""
+    return Writes(
+        user_id,
+        key,
+        now,
+        account=account,
+        changed=changed,
+        resets=update.resets,
+        holds=update.holds,
+        entries=update.entries,
+    )
 
 
 def _remember_not_found(

@@ -37,18 +37,8 @@ class Refund(Movement):
 
     def decide(self, account: AccountRow, now: datetime, settings: Settings) -> Decision:
         charge = self.charge
-        restored = charge.amount
-        if charge.source == LedgerSource.CREDITS:
-            account.balance_credits += charge.amount
-        elif charge.source == LedgerSource.ADMIN:
-            restored = 0
-        else:
-            used_column, reset_column = rules.ALLOWANCE_COLUMNS[charge.source]
-            period_start = rules.as_utc(getattr(account, reset_column))
-            current = rules.as_utc(charge.created_at) >= period_start
-            used = getattr(account, used_column)
-            restored = min(charge.amount, used) if current else 0
-            setattr(account, used_column, used - restored)
+        restored = rules.returnable(account, charge.source, charge.amount, charge.created_at)
+        rules.give_back(account, charge.source, restored)
         outcome = results.success(
             source=str(charge.source),
             amount=restored,

@@ -6,18 +6,32 @@ these functions decide inside its own transaction.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from billing.settings import Settings
-from models import LedgerSource, Operation, UserRole
+from models import HoldStatus, LedgerSource, Operation, UserRole
+
+
+@dataclass(frozen=True)
+class HoldRow:
+    """A hold as the rules see it (``billing_holds``)."""
+
+    key: str
+    operation: Operation
+    source: LedgerSource
+    amount: int
+    created_at: datetime
+    expires_at: datetime
+    status: HoldStatus = HoldStatus.HELD
+    captured: int | None = None
 
 
 @dataclass
 class AccountRow:
-    """An account as a plain row of its ``users`` columns: what the stores read under the row
-    lock, the rules change, and the stores write back."""
+    """An account as a plain row of its ``users`` columns, with its open holds: what the
+    stores read under the row lock, the rules change, and the stores write back."""
 
     id: int
     role: str
@@ -29,7 +43,12 @@ class AccountRow:
     freemium_actions_used: int
     freemium_reset_at: datetime
     balance_credits: int
+    # The open holds, and the closed hold a capture or release names; not a users column.
+    holds: list[HoldRow] = field(default_factory=list, compare=False, repr=False)
 
+
+# The users columns of an AccountRow, in order.
+ACCOUNT_COLUMNS = tuple(f.name for f in fields(AccountRow) if f.name != "holds")
 
 # users.balance_credits is a PostgreSQL integer: no movement may take a balance past it.
 MAX_BALANCE = 2**31 - 1
@@ -173,6 +192,50 @@ def take(user: AccountRow, draw: Draw) -> None:
         user.balance_credits -= draw.amount
 
 
+def returnable(user: AccountRow, source: LedgerSource, amount: int, taken_at: datetime) -> int:
+    """What giving back ``amount`` taken from ``source`` at ``taken_at`` returns now. Credits
+    always go back; an allowance only while the period it was taken in is current (a reset
+    has given it back already); an admin's take is nothing."""
+    if source == LedgerSource.CREDITS:
+        return amount
+    if source == LedgerSource.ADMIN:
+        return 0
+    used_column, reset_column = ALLOWANCE_COLUMNS[source]
+    if as_utc(taken_at) < as_utc(getattr(user, reset_column)):
+        return 0
+    return min(amount, getattr(user, used_column))
+
+
+def give_back(user: AccountRow, source: LedgerSource, amount: int) -> None:
+    """The reverse of ``take``, for an amount ``returnable`` allowed."""
+    if source == LedgerSource.CREDITS:
+        user.balance_credits += amount
+    elif source in ALLOWANCE_COLUMNS:
+        used_column, _ = ALLOWANCE_COLUMNS[source]
+        setattr(user, used_column, getattr(user, used_column) - amount)
+
+
+def open_holds(user: AccountRow) -> list[HoldRow]:
+    return [hold for hold in user.holds if hold.status == HoldStatus.HELD]
+
+
+def due_holds(user: AccountRow, now: datetime) -> list[HoldRow]:
+    """The open holds whose time is up at ``now``."""
+    return [hold for hold in open_holds(user) if as_utc(hold.expires_at) <= as_utc(now)]
+
+
+def held(user: AccountRow) -> dict[str, int]:
+    """What the open holds keep from each source: what releasing them now would return."""
+    kept = dict.fromkeys(LedgerSource, 0)
+    for hold in open_holds(user):
+        kept[hold.source] += returnable(user, hold.source, hold.amount, hold.created_at)
+    return {
+        "subscription_ops": kept[LedgerSource.SUBSCRIPTION],
+        "freemium_actions": kept[LedgerSource.FREEMIUM],
+        "credits": kept[LedgerSource.CREDITS],
+    }
+
+
 def _iso(value: datetime | None) -> str | None:
     return as_utc(value).isoformat() if value is not None else None
 
@@ -203,4 +266,6 @@ def account_state(user: AccountRow, now: datetime, settings: Settings) -> dict[s
             "resets_at": _iso(as_utc(user.freemium_reset_at) + period),
         },
         "credits": {"balance": user.balance_credits},
+        # Taken by open holds: already out of the remaining figures above.
+        "held": held(user),
     }

@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     # Must exceed the longest task plus all its retries, or Redis redelivers a running task.
     visibility_timeout: int = Field(default=3600, gt=0)
     reset_interval_seconds: float = Field(default=900.0, gt=0)
+    # A hold nobody captures or releases gives everything back after this long (a reserve may
+    # ask for 1 s to 1 day); the beat's sweep looks for expired holds this often, and every
+    # movement on an account expires its due holds first anyway.
+    hold_ttl_seconds: int = Field(default=900, ge=1, le=86_400)
+    hold_sweep_seconds: float = Field(default=30.0, gt=0)
     # Bounds on how long one worker can hold or wait for an account's row lock (PostgreSQL
     # session settings of every worker connection, in milliseconds; 0 turns one off). A
     # worker frozen between a movement's two round trips loses its session, and its lock, after

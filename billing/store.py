@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import Engine
 
-from billing.rules import AccountRow, Restored
+from billing.rules import AccountRow, HoldRow, Restored
 from models import EntryType, LedgerSource, Operation
 
 
@@ -47,10 +47,18 @@ class Locked:
     stored: StoredOutcome | None
 
 
+# balance_credits, subscription_ops_used, freemium_actions_used: an account's counters.
+Counters = tuple[int, int, int]
+
+
+def counters(account: AccountRow) -> Counters:
+    return (account.balance_credits, account.subscription_ops_used, account.freemium_actions_used)
+
+
 @dataclass(frozen=True)
 class Entry:
-    """A ledger row to write; the account's counters after the movement are added by the
-    store from the account it writes."""
+    """A ledger row to write. ``key`` is its own idempotency key (None: the movement's);
+    ``after``, the account's counters right after it (None: the account the store writes)."""
 
     entry_type: EntryType
     source: LedgerSource
@@ -58,6 +66,17 @@ class Entry:
     operation: Operation | None = None
     meta: dict[str, Any] | None = None
     refund_of_id: int | None = None
+    key: str | None = None
+    hold_key: str | None = None
+    after: Counters | None = None
+
+
+@dataclass(frozen=True)
+class HoldChange:
+    """A hold row to write: a new hold, inserted, or an open one settled (``hold.status``)."""
+
+    hold: HoldRow
+    new: bool = False
 
 
 @dataclass(frozen=True)
@@ -65,8 +84,9 @@ class Writes:
     """Everything one movement writes, in one transaction, then COMMIT.
 
     ``account`` is the locked account as the frame left it (its row is updated when
-    ``changed``; a ledger entry takes its counters from it); ``outcome`` is remembered under
-    ``key``, with ``ledger_id`` added when there is an entry.
+    ``changed``; a ledger entry takes its counters from it); ``holds`` are inserted or
+    settled, and ``entries`` written, before the movement's own ``entry``; ``outcome`` is
+    remembered under ``key``, with ``ledger_id`` (the id of ``entry``) added when there is one.
     """
 
     user_id: int
@@ -75,13 +95,16 @@ class Writes:
     account: AccountRow | None = None
     changed: bool = False
     resets: list[Restored] = field(default_factory=list)
+    holds: list[HoldChange] = field(default_factory=list)
+    entries: list[Entry] = field(default_factory=list)
     entry: Entry | None = None
     outcome: StoredOutcome | None = None
 
 
 @dataclass(frozen=True)
 class ChargeRow:
-    """The immutable facts of a charge's ledger row that a refund needs."""
+    """The immutable facts of a charge's ledger row that a refund needs. For a captured hold,
+    the capture's row, with the time the hold took its amount."""
 
     id: int
     user_id: int
@@ -92,8 +115,9 @@ class ChargeRow:
 
 
 class Store(Protocol):
-    def lock(self, user_id: int, key: str | None) -> Locked:
-        """Begin; lock the account's row and read it with the clock; look the key up."""
+    def lock(self, user_id: int, key: str | None, hold_key: str | None = None) -> Locked:
+        """Begin; lock the account's row and read it, its open holds (and the hold
+        ``hold_key``, open or not) and the clock; look the key up."""
 
     def write(self, writes: Writes) -> int | None:
         """Write and COMMIT; the ledger id of the entry, if any. Raises KeyRaced when the key
@@ -103,10 +127,14 @@ class Store(Protocol):
         """End an open transaction without writing; nothing when none is open."""
 
     def peek(self, user_id: int) -> tuple[AccountRow | None, datetime]:
-        """The account without a lock, for reads that write nothing."""
+        """The account and its open holds, without a lock, for reads that write nothing."""
 
     def find_charge(self, key: str) -> ChargeRow | None:
-        """The charge recorded under ``key``; ledger rows never change, so no lock."""
+        """The charge recorded under ``key``, or the capture of the hold ``key``; ledger rows
+        never change, so no lock."""
+
+    def find_hold(self, key: str) -> int | None:
+        """The account of the hold ``key``, which never changes, so no lock."""
 
 
 @contextmanager

@@ -5,10 +5,11 @@ talks to psycopg directly, on a connection in autocommit mode, and writes its tr
 two multi-statement queries:
 
 1. ``lock``: ``BEGIN``; lock the account row (``FOR UPDATE``) and read the database's clock;
-   look up the key's first outcome. The lookup runs after the lock, so a repeat by the same
-   user sees what the first one committed.
+   look up the key's first outcome and read the account's open holds. Both reads run after
+   the lock, so a repeat by the same user sees what the first one committed, and every hold
+   is seen as its last settlement left it (holds change only under their account's lock).
 2. ``write``: whatever the frame decided: the account's new counters, any lazy-reset records,
-   the ledger row and the remembered outcome, then ``COMMIT`` (or just ``COMMIT``).
+   new and settled holds, the ledger rows and the remembered outcome, then ``COMMIT``.
 
 Each statement is prepared once per connection (``prepare``) and run by ``EXECUTE``, so
 PostgreSQL does not parse and plan the same statements again for every movement. The database
@@ -22,7 +23,6 @@ from __future__ import annotations
 import json
 import re
 import weakref
-from dataclasses import astuple, fields
 from datetime import datetime
 from typing import Any
 
@@ -30,12 +30,25 @@ import psycopg
 from psycopg import ClientCursor
 from psycopg.pq import TransactionStatus
 
-from billing.rules import AccountRow
-from billing.store import ChargeRow, KeyRaced, Locked, StoredOutcome, Writes
-from models import LedgerSource, Operation
+from billing.rules import ACCOUNT_COLUMNS, AccountRow, HoldRow
+from billing.settlement import SETTLE_PREFIX
+from billing.store import (
+    ChargeRow,
+    Counters,
+    Entry,
+    KeyRaced,
+    Locked,
+    StoredOutcome,
+    Writes,
+    counters,
+)
+from models import HoldStatus, LedgerSource, Operation
 
-COLUMNS = [f.name for f in fields(AccountRow)]
+COLUMNS = list(ACCOUNT_COLUMNS)
 WRITABLE = [c for c in COLUMNS if c not in ("id", "role")]
+HOLD_COLUMNS = (
+    "idempotency_key, operation, source, amount, created_at, expires_at, status, captured"
+)
 
 
 class Prepared:
@@ -64,6 +77,13 @@ FIND_OUTCOME = Prepared(
     "SELECT user_id, operation, cost, response FROM billing_requests"
     " WHERE idempotency_key = %(key)s",
 )
+# The account's open holds, and the hold a capture or release names when it is closed.
+ACCOUNT_HOLDS = Prepared(
+    "billing_account_holds",
+    f"SELECT {HOLD_COLUMNS} FROM billing_holds WHERE user_id = %(user_id)s AND status = 'held'"
+    f" UNION ALL SELECT {HOLD_COLUMNS} FROM billing_holds WHERE idempotency_key = %(hold_key)s"
+    " AND user_id = %(user_id)s AND status <> 'held'",
+)
 UPDATE_ACCOUNT = Prepared(
     "billing_update_account",
     f"UPDATE users SET {', '.join(f'{c} = %({c})s' for c in WRITABLE)} WHERE id = %(user_id)s",
@@ -74,16 +94,34 @@ RECORD_RESET = Prepared(
     " VALUES (%(user_id)s, %(source)s::ledger_source_enum, %(start)s, %(restored)s, %(at)s)"
     " ON CONFLICT DO NOTHING",
 )
-# The ledger row and the key's outcome in one statement; the outcome gets the row's id.
+LEDGER_ROW = (
+    "INSERT INTO credits_ledger (user_id, entry_type, source, operation, amount,"
+    " idempotency_key, balance_credits_after, subscription_ops_used_after,"
+    " freemium_actions_used_after, meta, refund_of_id, hold_key, created_at) VALUES (%(user_id)s,"
+    " %(entry_type)s::ledger_entry_type_enum, %(source)s::ledger_source_enum,"
+    " %(entry_operation)s::ledger_operation_enum, %(amount)s, %(entry_key)s, %(balance)s,"
+    " %(ops_used)s, %(actions_used)s, %(meta)s::jsonb, %(refund_of_id)s::bigint,"
+    " %(hold_key)s::text, %(at)s)"
+)
+ENTRY_PARAMS = (
+    "entry_type",
+    "source",
+    "entry_operation",
+    "amount",
+    "entry_key",
+    "balance",
+    "ops_used",
+    "actions_used",
+    "meta",
+    "refund_of_id",
+    "hold_key",
+)
+# A ledger row with no outcome of its own (an expiry, the rest of a capture).
+RECORD_ENTRY = Prepared("billing_record_entry", LEDGER_ROW)
+# The movement's ledger row and the key's outcome in one statement; the outcome gets its id.
 RECORD_MOVEMENT = Prepared(
     "billing_record_movement",
-    "WITH entry AS (INSERT INTO credits_ledger (user_id, entry_type, source, operation, amount,"
-    " idempotency_key, balance_credits_after, subscription_ops_used_after,"
-    " freemium_actions_used_after, meta, refund_of_id, created_at) VALUES (%(user_id)s,"
-    " %(entry_type)s::ledger_entry_type_enum, %(source)s::ledger_source_enum,"
-    " %(entry_operation)s::ledger_operation_enum, %(amount)s, %(key)s, %(balance)s,"
-    " %(ops_used)s, %(actions_used)s, %(meta)s::jsonb, %(refund_of_id)s::bigint, %(at)s)"
-    " RETURNING id) "
+    f"WITH entry AS ({LEDGER_ROW} RETURNING id) "
     "INSERT INTO billing_requests (idempotency_key, user_id, operation, cost, response, ledger_id)"
     " SELECT %(key)s, %(user_id)s, %(operation)s::text, %(cost)s::integer,"
     " %(response)s::jsonb || jsonb_build_object('ledger_id', entry.id), entry.id FROM entry"
@@ -94,9 +132,33 @@ REMEMBER = Prepared(
     "INSERT INTO billing_requests (idempotency_key, user_id, operation, cost, response)"
     " VALUES (%(key)s, %(user_id)s, %(operation)s::text, %(cost)s::integer, %(response)s::jsonb)",
 )
-STATEMENTS = (LOCK_ACCOUNT, FIND_OUTCOME, UPDATE_ACCOUNT, RECORD_RESET, RECORD_MOVEMENT, REMEMBER)
-READ_KEYED = ("BEGIN; " + LOCK_ACCOUNT.call() + FIND_OUTCOME.call()).removesuffix("; ")
-READ_KEYLESS = ("BEGIN; " + LOCK_ACCOUNT.call()).removesuffix("; ")
+INSERT_HOLD = Prepared(
+    "billing_insert_hold",
+    "INSERT INTO billing_holds (idempotency_key, user_id, operation, source, amount,"
+    " created_at, expires_at) VALUES (%(hold_key)s, %(user_id)s,"
+    " %(hold_operation)s::ledger_operation_enum, %(hold_source)s::ledger_source_enum,"
+    " %(hold_amount)s, %(at)s, %(expires_at)s)",
+)
+# Only an open hold settles; the settlement's ledger row, keyed per hold, makes it once.
+SETTLE_HOLD = Prepared(
+    "billing_settle_hold",
+    "UPDATE billing_holds SET status = %(status)s::hold_status_enum, settled_at = %(at)s,"
+    " captured = %(captured)s::integer WHERE idempotency_key = %(hold_key)s AND status = 'held'",
+)
+STATEMENTS = (
+    LOCK_ACCOUNT,
+    FIND_OUTCOME,
+    ACCOUNT_HOLDS,
+    UPDATE_ACCOUNT,
+    RECORD_RESET,
+    RECORD_ENTRY,
+    RECORD_MOVEMENT,
+    REMEMBER,
+    INSERT_HOLD,
+    SETTLE_HOLD,
+)
+READ_KEYED = ("BEGIN; " + LOCK_ACCOUNT.call() + FIND_OUTCOME.call() + ACCOUNT_HOLDS.call())[:-2]
+READ_KEYLESS = ("BEGIN; " + LOCK_ACCOUNT.call() + ACCOUNT_HOLDS.call())[:-2]
 
 # Connections (of this process) on which the statements exist. Parsing and planning them on
 # every charge was over a third of PostgreSQL's CPU per charge (0.50 ms, 0.31 ms prepared).
@@ -129,22 +191,23 @@ class PgStore:
         self.conn = conn
         self._cur = ClientCursor(conn)
 
-    def lock(self, user_id: int, key: str | None) -> Locked:
+    def lock(self, user_id: int, key: str | None, hold_key: str | None = None) -> Locked:
         prepare(self.conn)
         try:
-            return self._lock(user_id, key)
+            return self._lock(user_id, key, hold_key)
         except psycopg.errors.InvalidSqlStatementName:
             # Our statements are gone (a DISCARD ALL or DEALLOCATE ALL on this session); the
             # failed read wrote nothing. Prepare them again and read again.
             self.rollback()
             _prepared.discard(self.conn)
             prepare(self.conn)
-            return self._lock(user_id, key)
+            return self._lock(user_id, key, hold_key)
 
-    def _lock(self, user_id: int, key: str | None) -> Locked:
+    def _lock(self, user_id: int, key: str | None, hold_key: str | None) -> Locked:
         cur = self._cur
         cur.execute(
-            READ_KEYED if key is not None else READ_KEYLESS, {"user_id": user_id, "key": key}
+            READ_KEYED if key is not None else READ_KEYLESS,
+            {"user_id": user_id, "key": key, "hold_key": hold_key},
         )
         cur.nextset()
         row = cur.fetchone()
@@ -154,10 +217,12 @@ class PgStore:
             found = cur.fetchone()
             if found is not None:
                 stored = StoredOutcome(*found)
+        cur.nextset()
+        holds = [_hold(found) for found in cur.fetchall()]
         if row is None:
             now = self.conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
             return Locked(None, now, stored)
-        return Locked(AccountRow(*row[:-1]), row[-1], stored)
+        return Locked(AccountRow(*row[:-1], holds=holds), row[-1], stored)
 
     def write(self, writes: Writes) -> int | None:
         account, outcome, entry = writes.account, writes.outcome, writes.entry
@@ -165,13 +230,35 @@ class PgStore:
         params: dict[str, Any] = {"user_id": writes.user_id, "key": writes.key, "at": writes.at}
         if account is not None and writes.changed:
             sql += UPDATE_ACCOUNT.call()
-            params.update(zip(COLUMNS, astuple(account), strict=True))
+            params.update((c, getattr(account, c)) for c in COLUMNS)
         for reset in writes.resets:
             # Up to two resets in one query: each one's own parameters carry its prefix.
             prefix = f"reset_{reset.source}_"
             own = {"source": str(reset.source), "start": reset.period_start}
             own["restored"] = reset.amount
             sql += RECORD_RESET.call(prefix, tuple(own))
+            params.update({prefix + name: value for name, value in own.items()})
+        for number, change in enumerate(writes.holds):
+            prefix, hold = f"h{number}_", change.hold
+            if change.new:
+                statement = INSERT_HOLD
+                own = {
+                    "hold_key": hold.key,
+                    "hold_operation": str(hold.operation),
+                    "hold_source": str(hold.source),
+                    "hold_amount": hold.amount,
+                    "expires_at": hold.expires_at,
+                }
+            else:
+                statement = SETTLE_HOLD
+                own = {"hold_key": hold.key, "status": str(hold.status), "captured": hold.captured}
+            sql += statement.call(prefix, tuple(own))
+            params.update({prefix + name: value for name, value in own.items()})
+        defaults = counters(account) if account is not None else None
+        for number, extra in enumerate(writes.entries):
+            prefix = f"e{number}_"
+            sql += RECORD_ENTRY.call(prefix, ENTRY_PARAMS)
+            own = _entry_params(extra, writes.key, defaults)
             params.update({prefix + name: value for name, value in own.items()})
         if outcome is not None:
             params.update(
@@ -184,17 +271,7 @@ class PgStore:
             else:
                 assert account is not None, "a ledger row belongs to an account"
                 sql += RECORD_MOVEMENT.call()
-                params.update(
-                    entry_type=str(entry.entry_type),
-                    source=str(entry.source),
-                    entry_operation=str(entry.operation) if entry.operation else None,
-                    amount=entry.amount,
-                    meta=json.dumps(entry.meta) if entry.meta is not None else None,
-                    refund_of_id=entry.refund_of_id,
-                    balance=account.balance_credits,
-                    ops_used=account.subscription_ops_used,
-                    actions_used=account.freemium_actions_used,
-                )
+                params.update(_entry_params(entry, writes.key, defaults))
         return self._commit(sql, params)
 
     def _commit(self, sql: str, params: dict[str, Any]) -> Any:
@@ -223,18 +300,28 @@ class PgStore:
             self.conn.rollback()
 
     def peek(self, user_id: int) -> tuple[AccountRow | None, datetime]:
-        row = self.conn.execute(
-            f"SELECT {', '.join(COLUMNS)}, now() FROM users WHERE id = %s", (user_id,)
-        ).fetchone()
+        cur = self._cur
+        cur.execute(
+            f"SELECT {', '.join(COLUMNS)}, now() FROM users WHERE id = %(user_id)s; "
+            f"SELECT {HOLD_COLUMNS} FROM billing_holds"
+            " WHERE user_id = %(user_id)s AND status = 'held'",
+            {"user_id": user_id},
+        )
+        row = cur.fetchone()
+        cur.nextset()
+        holds = [_hold(found) for found in cur.fetchall()]
         if row is None:
             return None, self.conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
-        return AccountRow(*row[:-1]), row[-1]
+        return AccountRow(*row[:-1], holds=holds), row[-1]
 
     def find_charge(self, key: str) -> ChargeRow | None:
         row = self.conn.execute(
             "SELECT id, user_id, source, amount, operation, created_at FROM credits_ledger"
-            " WHERE idempotency_key = %s AND entry_type = 'charge'",
-            (key,),
+            " WHERE idempotency_key = %(key)s AND entry_type = 'charge'"
+            " UNION ALL SELECT c.id, c.user_id, c.source, c.amount, c.operation, h.created_at"
+            " FROM credits_ledger AS c JOIN billing_holds AS h ON h.idempotency_key = c.hold_key"
+            " WHERE c.idempotency_key = %(settle_key)s AND c.entry_type = 'capture'",
+            {"key": key, "settle_key": SETTLE_PREFIX + key},
         ).fetchone()
         if row is None:
             return None
@@ -247,3 +334,42 @@ class PgStore:
             Operation(operation) if operation is not None else None,
             created_at,
         )
+
+    def find_hold(self, key: str) -> int | None:
+        row = self.conn.execute(
+            "SELECT user_id FROM billing_holds WHERE idempotency_key = %s", (key,)
+        ).fetchone()
+        return row[0] if row is not None else None
+
+
+def _hold(row: tuple[Any, ...]) -> HoldRow:
+    key, operation, source, amount, created_at, expires_at, status, captured = row
+    return HoldRow(
+        key,
+        Operation(operation),
+        LedgerSource(source),
+        amount,
+        created_at,
+        expires_at,
+        HoldStatus(status),
+        captured,
+    )
+
+
+def _entry_params(entry: Entry, key: str | None, defaults: Counters | None) -> dict[str, Any]:
+    after = entry.after or defaults
+    assert after is not None, "a ledger row belongs to an account"
+    balance, ops_used, actions_used = after
+    return {
+        "entry_type": str(entry.entry_type),
+        "source": str(entry.source),
+        "entry_operation": str(entry.operation) if entry.operation else None,
+        "amount": entry.amount,
+        "entry_key": entry.key or key,
+        "balance": balance,
+        "ops_used": ops_used,
+        "actions_used": actions_used,
+        "meta": json.dumps(entry.meta) if entry.meta is not None else None,
+        "refund_of_id": entry.refund_of_id,
+        "hold_key": entry.hold_key,
+    }

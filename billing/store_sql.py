@@ -8,23 +8,37 @@ clock is the process's, as the embedded default runs on one machine.
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Column, Connection, Table, select, update
+from sqlalchemy import Column, Connection, Table, func, or_, select, union_all, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 
-from billing.rules import AccountRow
-from billing.store import ChargeRow, KeyRaced, Locked, StoredOutcome, Writes
-from models import AllowanceReset, BillingRequest, EntryType, LedgerEntry, User
+from billing.rules import ACCOUNT_COLUMNS, AccountRow, HoldRow
+from billing.settlement import SETTLE_PREFIX
+from billing.store import ChargeRow, Entry, KeyRaced, Locked, StoredOutcome, Writes, counters
+from models import AllowanceReset, BillingRequest, EntryType, Hold, HoldStatus, LedgerEntry, User
 
 USERS = User.__table__
 LEDGER = LedgerEntry.__table__
 OUTCOMES = BillingRequest.__table__
 RESETS = AllowanceReset.__table__
-ACCOUNT_COLUMNS = [USERS.c[name] for name in AccountRow.__dataclass_fields__]
+HOLDS = Hold.__table__
+COLUMNS = [USERS.c[name] for name in ACCOUNT_COLUMNS]
+HOLD_COLUMNS = [
+    HOLDS.c[name]
+    for name in (
+        "idempotency_key",
+        "operation",
+        "source",
+        "amount",
+        "created_at",
+        "expires_at",
+        "status",
+        "captured",
+    )
+]
 
 
 def insert_unless_exists(conn: Connection, table: Table) -> Insert:
@@ -38,16 +52,55 @@ class SqlStore:
         self.conn = conn
 
     def _now(self) -> datetime:
+        if self.conn.dialect.name == "postgresql":  # the expiry sweep: one clock with the frame
+            return self.conn.execute(select(func.now())).scalar_one()
         return datetime.now(UTC)
 
-    def _account(self, user_id: int, *, for_update: bool) -> AccountRow | None:
-        query = select(*ACCOUNT_COLUMNS).where(USERS.c.id == user_id)
-        row = self.conn.execute(query.with_for_update() if for_update else query).first()
-        return AccountRow(*row) if row is not None else None
-
-    def lock(self, user_id: int, key: str | None) -> Locked:
+    def lock_due(self, after: int, limit: int) -> tuple[list[AccountRow], datetime]:
+        """Begin; lock up to ``limit`` accounts past id ``after`` that have a hold due, skipping
+        any another transaction holds (it expires them itself), and read their holds after
+        the lock."""
         self.conn.begin()
-        account = self._account(user_id, for_update=True)
+        now = self._now()
+        due = select(HOLDS.c.user_id).where(
+            HOLDS.c.status == HoldStatus.HELD, HOLDS.c.expires_at <= now
+        )
+        rows = self.conn.execute(
+            select(*COLUMNS)
+            .where(USERS.c.id > after, USERS.c.id.in_(due))
+            .order_by(USERS.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        ).all()
+        accounts = {row.id: AccountRow(*row) for row in rows}
+        if accounts:
+            holds = self.conn.execute(
+                select(HOLDS.c.user_id, *HOLD_COLUMNS).where(
+                    HOLDS.c.user_id.in_(list(accounts)), HOLDS.c.status == HoldStatus.HELD
+                )
+            ).all()
+            for user_id, *hold in holds:
+                accounts[user_id].holds.append(HoldRow(*hold))
+        return list(accounts.values()), now
+
+    def _account(
+        self, user_id: int, *, for_update: bool, hold_key: str | None = None
+    ) -> AccountRow | None:
+        query = select(*COLUMNS).where(USERS.c.id == user_id)
+        row = self.conn.execute(query.with_for_update() if for_update else query).first()
+        if row is None:
+            return None
+        named = HOLDS.c.status == HoldStatus.HELD
+        if hold_key is not None:
+            named = or_(named, HOLDS.c.idempotency_key == hold_key)
+        holds = self.conn.execute(
+            select(*HOLD_COLUMNS).where(HOLDS.c.user_id == user_id, named)
+        ).all()
+        return AccountRow(*row, holds=[HoldRow(*hold) for hold in holds])
+
+    def lock(self, user_id: int, key: str | None, hold_key: str | None = None) -> Locked:
+        self.conn.begin()
+        account = self._account(user_id, for_update=True, hold_key=hold_key)
         stored = None
         if key is not None:
             row = self.conn.execute(
@@ -59,9 +112,15 @@ class SqlStore:
         return Locked(account, self._now(), stored)
 
     def write(self, writes: Writes) -> int | None:
+        ledger_id = self.write_rows(writes)
+        self.conn.commit()
+        return ledger_id
+
+    def write_rows(self, writes: Writes) -> int | None:
+        """``write`` without the COMMIT, for a batch of accounts in one transaction."""
         conn, account, entry, outcome = self.conn, writes.account, writes.entry, writes.outcome
         if account is not None and writes.changed:
-            values = {k: v for k, v in asdict(account).items() if k not in ("id", "role")}
+            values = {c: getattr(account, c) for c in ACCOUNT_COLUMNS if c not in ("id", "role")}
             conn.execute(update(USERS).where(USERS.c.id == account.id).values(**values))
         for reset in writes.resets:
             conn.execute(
@@ -73,24 +132,31 @@ class SqlStore:
                     recorded_at=writes.at,
                 )
             )
+        for change in writes.holds:
+            hold = change.hold
+            if change.new:
+                conn.execute(
+                    HOLDS.insert().values(
+                        idempotency_key=hold.key,
+                        user_id=writes.user_id,
+                        operation=hold.operation,
+                        source=hold.source,
+                        amount=hold.amount,
+                        created_at=writes.at,
+                        expires_at=hold.expires_at,
+                    )
+                )
+            else:
+                conn.execute(
+                    update(HOLDS)
+                    .where(HOLDS.c.idempotency_key == hold.key, HOLDS.c.status == HoldStatus.HELD)
+                    .values(status=hold.status, settled_at=writes.at, captured=hold.captured)
+                )
+        for extra in writes.entries:
+            self._insert_entry(writes, extra)
         ledger_id = None
         if entry is not None:
-            assert account is not None, "a ledger row belongs to an account"
-            ledger_id = self._insert_keyed(
-                LEDGER.c.id,
-                user_id=account.id,
-                entry_type=entry.entry_type,
-                source=entry.source,
-                operation=entry.operation,
-                amount=entry.amount,
-                idempotency_key=writes.key,
-                balance_credits_after=account.balance_credits,
-                subscription_ops_used_after=account.subscription_ops_used,
-                freemium_actions_used_after=account.freemium_actions_used,
-                meta=entry.meta,
-                refund_of_id=entry.refund_of_id,
-                created_at=writes.at,
-            )
+            ledger_id = self._insert_entry(writes, entry)
         if outcome is not None:
             response = outcome.response
             if ledger_id is not None:
@@ -104,8 +170,28 @@ class SqlStore:
                 response=response,
                 ledger_id=ledger_id,
             )
-        conn.commit()
         return ledger_id
+
+    def _insert_entry(self, writes: Writes, entry: Entry) -> int:
+        account = writes.account
+        assert account is not None, "a ledger row belongs to an account"
+        balance, ops_used, actions_used = entry.after or counters(account)
+        return self._insert_keyed(
+            LEDGER.c.id,
+            user_id=account.id,
+            entry_type=entry.entry_type,
+            source=entry.source,
+            operation=entry.operation,
+            amount=entry.amount,
+            idempotency_key=entry.key or writes.key,
+            balance_credits_after=balance,
+            subscription_ops_used_after=ops_used,
+            freemium_actions_used_after=actions_used,
+            meta=entry.meta,
+            refund_of_id=entry.refund_of_id,
+            hold_key=entry.hold_key,
+            created_at=writes.at,
+        )
 
     def _insert_keyed(self, returning: Column[Any], **values: Any) -> Any:
         """Insert a row under its unique idempotency key; a key taken meanwhile rolls back
@@ -127,15 +213,35 @@ class SqlStore:
             return self._account(user_id, for_update=False), self._now()
 
     def find_charge(self, key: str) -> ChargeRow | None:
+        charges = select(
+            LEDGER.c.id,
+            LEDGER.c.user_id,
+            LEDGER.c.source,
+            LEDGER.c.amount,
+            LEDGER.c.operation,
+            LEDGER.c.created_at,
+        ).where(LEDGER.c.idempotency_key == key, LEDGER.c.entry_type == EntryType.CHARGE)
+        captures = (
+            select(
+                LEDGER.c.id,
+                LEDGER.c.user_id,
+                LEDGER.c.source,
+                LEDGER.c.amount,
+                LEDGER.c.operation,
+                HOLDS.c.created_at,
+            )
+            .join(HOLDS, HOLDS.c.idempotency_key == LEDGER.c.hold_key)
+            .where(
+                LEDGER.c.idempotency_key == SETTLE_PREFIX + key,
+                LEDGER.c.entry_type == EntryType.CAPTURE,
+            )
+        )
         with self.conn.begin():
-            row = self.conn.execute(
-                select(
-                    LEDGER.c.id,
-                    LEDGER.c.user_id,
-                    LEDGER.c.source,
-                    LEDGER.c.amount,
-                    LEDGER.c.operation,
-                    LEDGER.c.created_at,
-                ).where(LEDGER.c.idempotency_key == key, LEDGER.c.entry_type == EntryType.CHARGE)
-            ).first()
+            row = self.conn.execute(union_all(charges, captures)).first()
         return ChargeRow(*row) if row is not None else None
+
+    def find_hold(self, key: str) -> int | None:
+        with self.conn.begin():
+            return self.conn.execute(
+                select(HOLDS.c.user_id).where(HOLDS.c.idempotency_key == key)
+            ).scalar()

@@ -21,6 +21,7 @@ MAX_META_DEPTH = 16
 MAX_LEDGER_PAGE = 200
 MAX_GRANT = 100_000_000
 MAX_SUBSCRIPTION_DAYS = 3660
+MAX_HOLD_TTL_SECONDS = 86_400
 # Refunds and resets write ledger rows under keys of their own; producers cannot forge them.
 RESERVED_KEY_PREFIX = "billing:"
 
@@ -131,6 +132,18 @@ class RefundArgs(KeyArgs):
     @classmethod
     def _reason(cls, value: str | None) -> str | None:
         return None if value is None else _storable_text(value, "reason")
+
+
+class ReserveArgs(ChargeArgs):
+    ttl_seconds: int | None = Field(default=None, ge=1, le=MAX_HOLD_TTL_SECONDS)
+
+
+class CaptureArgs(KeyArgs):
+    amount: int | None = Field(default=None, ge=0, le=MAX_COST)
+
+
+class ReleaseArgs(RefundArgs):
+    """The hold's key and an optional reason, as a refund takes its charge's."""
 
 
 class AuditArgs(_Args):

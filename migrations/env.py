@@ -23,6 +23,9 @@ def _run(connection) -> None:
         connection.execute(
             text("SELECT set_config('lock_timeout', :t, false)"), {"t": LOCK_TIMEOUT}
         )
+        # A session setting: it outlives this commit, which leaves the transactions to
+        # Alembic (a migration's autocommit block needs Alembic to have begun them).
+        connection.commit()
     context.configure(
         connection=connection,
         target_metadata=target_metadata,

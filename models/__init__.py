@@ -2,16 +2,20 @@
 
 from models.allowance_reset import AllowanceReset
 from models.base import Base
-from models.enums import EntryType, LedgerSource, Operation, UserRole
+from models.enums import HOLD_ENTRY_TYPES, EntryType, HoldStatus, LedgerSource, Operation, UserRole
+from models.hold import Hold
 from models.ledger import LedgerEntry
 from models.request import BillingRequest
 from models.user import User
 
 __all__ = [
+    "HOLD_ENTRY_TYPES",
     "AllowanceReset",
     "Base",
     "BillingRequest",
     "EntryType",
+    "Hold",
+    "HoldStatus",
     "LedgerEntry",
     "LedgerSource",
     "Operation",

@@ -16,6 +16,22 @@ class EntryType(enum.StrEnum):
     GRANT = "grant"
     RESET = "reset"
     SUBSCRIPTION = "subscription"
+    # A hold's life: taken at reserve, then exactly one of capture, release or expire.
+    HOLD = "hold"
+    CAPTURE = "capture"
+    RELEASE = "release"
+    EXPIRE = "expire"
+
+
+# The entry types that belong to a hold (and carry its key in ``hold_key``).
+HOLD_ENTRY_TYPES = (EntryType.HOLD, EntryType.CAPTURE, EntryType.RELEASE, EntryType.EXPIRE)
+
+
+class HoldStatus(enum.StrEnum):
+    HELD = "held"
+    CAPTURED = "captured"
+    RELEASED = "released"
+    EXPIRED = "expired"
 
 
 class LedgerSource(enum.StrEnum):
@@ -45,3 +61,4 @@ user_role_enum = pg_enum(UserRole, "user_role_enum")
 ledger_entry_type_enum = pg_enum(EntryType, "ledger_entry_type_enum")
 ledger_source_enum = pg_enum(LedgerSource, "ledger_source_enum")
 ledger_operation_enum = pg_enum(Operation, "ledger_operation_enum")
+hold_status_enum = pg_enum(HoldStatus, "hold_status_enum")

@@ -40,6 +40,10 @@ class LedgerEntry(Base):
         CheckConstraint(
             "(entry_type = 'refund') = (refund_of_id IS NOT NULL)", name="refund_links_its_charge"
         ),
+        CheckConstraint(
+            "(entry_type IN ('hold', 'capture', 'release', 'expire')) = (hold_key IS NOT NULL)",
+            name="hold_entry_links_its_hold",
+        ),
         # A charge is refunded at most once; only refunds carry refund_of_id.
         Index(
             "uq_credits_ledger_refund_of_id",
@@ -66,6 +70,10 @@ class LedgerEntry(Base):
     # A refund points at the charge it reverses; unique, so a charge is refunded at most once.
     refund_of_id: Mapped[int | None] = mapped_column(
         BigId, ForeignKey("credits_ledger.id", ondelete="RESTRICT")
+    )
+    # The hold a reserve, capture, release or expiry belongs to.
+    hold_key: Mapped[str | None] = mapped_column(
+        String(320), ForeignKey("billing_holds.idempotency_key", ondelete="RESTRICT")
     )
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()

@@ -122,6 +122,25 @@ class Worker:
     def refund(self, key: str, **kwargs: Any) -> dict[str, Any]:
         return self.call("billing.refund", idempotency_key=key, **kwargs)
 
+    def reserve_generation(self, user_id: int, key: str, **kwargs: Any) -> dict[str, Any]:
+        return self.call(
+            "billing.reserve_generation", user_id=user_id, idempotency_key=key, **kwargs
+        )
+
+    def reserve_assistant(self, user_id: int, key: str, **kwargs: Any) -> dict[str, Any]:
+        return self.call(
+            "billing.reserve_assistant", user_id=user_id, idempotency_key=key, **kwargs
+        )
+
+    def capture(self, key: str, **kwargs: Any) -> dict[str, Any]:
+        return self.call("billing.capture", idempotency_key=key, **kwargs)
+
+    def release(self, key: str, **kwargs: Any) -> dict[str, Any]:
+        return self.call("billing.release", idempotency_key=key, **kwargs)
+
+    def expire_holds(self) -> dict[str, Any]:
+        return self.call("billing.expire_holds")
+
     def reset_due_limits(self) -> dict[str, Any]:
         return self.call("billing.reset_due_limits")
 
@@ -233,6 +252,10 @@ def ledger_rows(engine: Engine, user_id: int | None = None) -> list[Any]:
     return _rows(engine, "credits_ledger", "id", user_id)
 
 
+def hold_rows(engine: Engine, user_id: int | None = None) -> list[Any]:
+    return _rows(engine, "billing_holds", "created_at, idempotency_key", user_id)
+
+
 def reset_rows(engine: Engine, user_id: int | None = None) -> list[Any]:
     """The reset journal, oldest first: what each reset restored, for which period."""
     return _rows(engine, "allowance_resets", "period_start, user_id, source", user_id)
@@ -254,6 +277,14 @@ def shift_clock(engine: Engine, days: float, user_ids: list[int] | None = None) 
         )
         conn.execute(
             text(f"UPDATE credits_ledger SET created_at = created_at - :d {where_ledger}"), params
+        )
+        conn.execute(
+            text(
+                "UPDATE billing_holds SET created_at = created_at - :d,"
+                " expires_at = expires_at - :d, settled_at = settled_at - :d"
+                f" {where_ledger}"
+            ),
+            params,
         )
         conn.execute(
             text(

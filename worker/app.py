@@ -1,6 +1,8 @@
 from celery import Celery
 
-app = Celery("billing", include=["tasks.charges", "tasks.queries", "tasks.lifecycle"])
+app = Celery(
+    "billing", include=["tasks.charges", "tasks.holds", "tasks.queries", "tasks.lifecycle"]
+)
 app.config_from_object("celeryconfig")
 
 if app.conf.broker_url.startswith("sqla+"):

@@ -16,9 +16,15 @@ from tests.db import recreate_database
 from tests.services import database_url
 
 SCRATCH = "billing_migrations_test"
-TABLES = {"users", "credits_ledger", "billing_requests", "allowance_resets"}
+TABLES = {"users", "credits_ledger", "billing_requests", "allowance_resets", "billing_holds"}
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-ENUMS = {"user_role_enum", "ledger_entry_type_enum", "ledger_source_enum", "ledger_operation_enum"}
+ENUMS = {
+    "user_role_enum",
+    "ledger_entry_type_enum",
+    "ledger_source_enum",
+    "ledger_operation_enum",
+    "hold_status_enum",
+}
 
 
 @pytest.fixture

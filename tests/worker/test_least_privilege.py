@@ -15,6 +15,7 @@ QUEUE = "billing-least-privilege"
 GRANTS = [
     "GRANT SELECT, INSERT, UPDATE ON users, credits_ledger, billing_requests TO {role}",
     "GRANT SELECT, INSERT ON allowance_resets TO {role}",
+    "GRANT SELECT, INSERT, UPDATE ON billing_holds TO {role}",
     "GRANT USAGE ON SEQUENCE credits_ledger_id_seq TO {role}",
 ]
 
@@ -42,6 +43,11 @@ def test_every_task_works_without_ddl_rights(accounts, worker_role_url):
         ("billing.charge_generation", {"user_id": user, "idempotency_key": "lp-c"}),
         ("billing.charge_assistant", {"user_id": user, "idempotency_key": "lp-a"}),
         ("billing.refund", {"idempotency_key": "lp-a"}),
+        ("billing.reserve_generation", {"user_id": user, "idempotency_key": "lp-h1"}),
+        ("billing.capture", {"idempotency_key": "lp-h1"}),
+        ("billing.reserve_assistant", {"user_id": user, "idempotency_key": "lp-h2"}),
+        ("billing.release", {"idempotency_key": "lp-h2"}),
+        ("billing.expire_holds", {}),
         ("billing.get_state", {"user_id": user}),
         ("billing.get_ledger", {"user_id": user}),
         ("billing.reset_due_limits", {}),
@@ -62,6 +68,8 @@ def test_every_task_works_without_ddl_rights(accounts, worker_role_url):
             conn.execute(text("CREATE TABLE sneaky (id int)"))
         with pytest.raises(Exception, match="permission denied"), role.begin() as conn:
             conn.execute(text("DELETE FROM credits_ledger"))
+        with pytest.raises(Exception, match="permission denied"), role.begin() as conn:
+            conn.execute(text("DELETE FROM billing_holds"))
         # The reset journal is append-only for the worker.
         with pytest.raises(Exception, match="permission denied"), role.begin() as conn:
             conn.execute(text("UPDATE allowance_resets SET restored = 1"))
