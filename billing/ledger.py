@@ -26,6 +26,7 @@ def entry_json(entry: LedgerEntry) -> dict[str, Any]:
         "subscription_ops_used_after": entry.subscription_ops_used_after,
         "freemium_actions_used_after": entry.freemium_actions_used_after,
         "meta": entry.meta,
+        "hold_key": entry.hold_key,
     }
 
 

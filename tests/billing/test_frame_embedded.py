@@ -9,10 +9,32 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import Engine, text
 
-from billing import accounts, charges, frame, grants, migrate, refunds, store, subscriptions
-from billing.db import create_db_engine
+from billing import (
+    accounts,
+    audit,
+    charges,
+    expiry,
+    frame,
+    grants,
+    holds,
+    migrate,
+    refunds,
+    store,
+    subscriptions,
+)
+from billing.db import create_db_engine, session_factory, transaction
 from billing.settings import Settings
-from billing.validation import ChargeArgs, GrantArgs, RefundArgs, SubscriptionArgs, UserArgs
+from billing.validation import (
+    AuditArgs,
+    CaptureArgs,
+    ChargeArgs,
+    GrantArgs,
+    RefundArgs,
+    ReleaseArgs,
+    ReserveArgs,
+    SubscriptionArgs,
+    UserArgs,
+)
 from models import Operation
 
 
@@ -138,3 +160,81 @@ def test_state_read_stores_a_due_reset_under_the_lock(sqlite, settings):
     assert state["state"]["freemium"]["used"] == 0
     assert _row(sqlite, user)["freemium_actions_used"] == 0
     assert journal == [3]
+
+
+def _hold_call(engine: Engine, settings: Settings, call: str, **kw: object) -> dict:
+    with store.connect(engine) as conn:
+        if call == "reserve":
+            return holds.reserve(conn, Operation.GENERATION, ReserveArgs.parse((), kw), settings)
+        if call == "capture":
+            return holds.capture(conn, CaptureArgs.parse((), kw), settings)
+        return holds.release(conn, ReleaseArgs.parse((), kw), settings)
+
+
+def _audit(engine: Engine) -> dict:
+    with transaction(session_factory(engine)) as session:
+        return audit.audit(session, AuditArgs())
+
+
+def test_holds_reserve_capture_release_and_refund(sqlite, settings):
+    settings = settings.model_copy(update={"freemium_limit": 1})
+    user = _account(sqlite, 1)
+    with store.connect(sqlite) as conn:
+        frame.run(
+            conn,
+            grants.Grant(
+                GrantArgs.parse((), {"user_id": user, "amount": 50, "idempotency_key": "fund"})
+            ),
+            settings,
+        )
+
+    free = _hold_call(sqlite, settings, "reserve", user_id=user, idempotency_key="f")
+    paid = _hold_call(sqlite, settings, "reserve", user_id=user, idempotency_key="p", cost=20)
+    replay = _hold_call(sqlite, settings, "reserve", user_id=user, idempotency_key="p", cost=20)
+    conflict = _charge(sqlite, settings, user, "p")
+    partial = _hold_call(sqlite, settings, "capture", idempotency_key="p", amount=15)
+    released = _hold_call(sqlite, settings, "release", idempotency_key="f", reason="failed")
+    closed = _hold_call(sqlite, settings, "capture", idempotency_key="f")
+    missing = _hold_call(sqlite, settings, "release", idempotency_key="nothing")
+    with store.connect(sqlite) as conn:
+        refunded = refunds.refund(conn, RefundArgs.parse((), {"idempotency_key": "p"}), settings)
+
+    assert (free["source"], paid["source"], paid["hold"]["status"]) == (
+        "freemium",
+        "credits",
+        "held",
+    )
+    assert replay == {**paid, "replayed": True}
+    assert conflict["error"] == "idempotency_conflict"
+    assert (partial["amount"], partial["returned"]) == (15, 5)
+    assert (released["source"], released["amount"]) == ("freemium", 1)
+    assert (closed["code"], closed["status"]) == (409, "released")
+    assert (missing["code"], missing["error"]) == (404, "hold_not_found")
+    assert refunded["amount"] == 15
+    row = _row(sqlite, user)
+    assert (row["balance_credits"], row["freemium_actions_used"]) == (50, 0)
+    assert _audit(sqlite)["clean"] is True
+
+
+def test_holds_expire_lazily_and_by_the_sweep(sqlite, settings):
+    users = [_account(sqlite, n, balance_credits=0) for n in (1, 2)]
+    for user in users:
+        _hold_call(sqlite, settings, "reserve", user_id=user, idempotency_key=f"h{user}")
+    with sqlite.begin() as conn:  # both holds' time is up
+        conn.execute(text("UPDATE billing_holds SET expires_at = :t"), {"t": datetime.now(UTC)})
+
+    with store.connect(sqlite) as conn:
+        state = accounts.get_state(conn, UserArgs.parse((), {"user_id": 1}), settings)
+    swept = expiry.expire_holds(sqlite, settings)
+    again = expiry.expire_holds(sqlite, settings)
+
+    assert state["state"]["freemium"]["used"] == 0  # expired by the read, under the lock
+    assert (swept["expired"], again["expired"]) == (1, 0)
+    with sqlite.connect() as conn:
+        statuses = conn.execute(text("SELECT status FROM billing_holds")).scalars().all()
+        expiries = conn.execute(
+            text("SELECT count(*) FROM credits_ledger WHERE entry_type = 'expire'")
+        ).scalar()
+    assert (statuses, expiries) == (["expired", "expired"], 2)
+    assert [_row(sqlite, u)["freemium_actions_used"] for u in users] == [0, 0]
+    assert _audit(sqlite)["clean"] is True
