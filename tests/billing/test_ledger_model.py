@@ -18,6 +18,7 @@ from tests import db
 from tests.conftest import shift_clock
 
 PERIOD = 30
+DAY_SECONDS = 86_400
 FREEMIUM = 2
 TIERS = {"basic": 2, "standard": 4}
 ALIASES = {"pro": "standard"}
@@ -58,39 +59,137 @@ class Model:
     requests: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = field(default_factory=dict)
     charges: dict[str, dict[str, Any]] = field(default_factory=dict)
     refunded: set[str] = field(default_factory=set)
+    holds: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def bring_up_to_date(self, user: int) -> None:
+        """Lazy resets, then the expiry of the account's due holds: what every movement and
+        every read that writes does first."""
+        acc = self.accounts[user]
+        acc.refresh(self.t)
+        for hold in self.holds.values():
+            if hold["user"] == user and hold["status"] == "held" and hold["expires"] <= self.t:
+                self.give_back(acc, hold["source"], hold["amount"], hold["t"])
+                hold["status"] = "expired"
+
+    def give_back(self, acc: Account, source: str, amount: int, taken_at: float) -> int:
+        if source == "credits":
+            acc.balance += amount
+        elif source in ("subscription", "freemium"):
+            used, reset = (
+                ("sub_used", acc.sub_reset)
+                if source == "subscription"
+                else ("free_used", acc.free_reset)
+            )
+            amount = min(amount, getattr(acc, used)) if taken_at >= reset else 0
+            setattr(acc, used, getattr(acc, used) - amount)
+        else:
+            amount = 0
+        return amount
 
     def keyed(
         self, key: str, user: int, fingerprint: tuple[Any, ...], body, asked: Any = None
     ) -> dict[str, Any]:
         """``fingerprint`` is (user, operation, cost charged); ``asked`` the cost the request
-        passed: a repeat matches the user and operation, and the cost when it passes one."""
-        self.accounts[user].refresh(self.t)
+        passed: a repeat matches the user and operation, and the cost when it passes one.
+        ``body`` may answer a 422, which is not remembered."""
+        self.bring_up_to_date(user)
         if key in self.requests:
             stored_fp, outcome = self.requests[key]
             if stored_fp[:2] != fingerprint[:2] or asked not in (None, stored_fp[2]):
                 return {"code": 409}
             return {**outcome, "replayed": True}
         outcome = {**body(self.accounts[user]), "replayed": False}
-        self.requests[key] = (fingerprint, outcome)
+        if outcome["code"] != 422:
+            cost = outcome.pop("_cost", fingerprint[2])
+            self.requests[key] = ((*fingerprint[:2], cost), outcome)
         return outcome
+
+    def draw(self, op: str, acc: Account, effective: int) -> tuple[str, int] | None:
+        if acc.admin:
+            return "admin", 0
+        if op == "generation" and acc.active(self.t) and acc.sub_used < acc.sub_limit:
+            acc.sub_used += 1
+            return "subscription", 1
+        if op == "generation" and acc.free_used < FREEMIUM:
+            acc.free_used += 1
+            return "freemium", 1
+        if acc.balance >= effective:
+            acc.balance -= effective
+            return "credits", effective
+        return None
+
+    def reserve(self, op: str, user: int, key: str, cost: int | None, ttl: int) -> dict[str, Any]:
+        effective = cost if cost is not None else COSTS[op]
+
+        def hold(acc: Account) -> dict[str, Any]:
+            drawn = self.draw(op, acc, effective)
+            if drawn is None:
+                return {"code": 402}
+            source, amount = drawn
+            self.holds[key] = {
+                "user": user, "source": source, "amount": amount, "t": self.t,
+                "expires": self.t + ttl / DAY_SECONDS, "status": "held",
+            }  # fmt: skip
+            return {"code": 200, "source": source, "amount": amount}
+
+        return self.keyed(key, user, (user, f"hold:{op}", effective), hold, asked=cost)
+
+    def capture(self, key: str, amount: int | None) -> dict[str, Any]:
+        hold = self.holds.get(key)
+        if hold is None:
+            return {"code": 404}
+
+        def keep(acc: Account) -> dict[str, Any]:
+            if hold["status"] != "held":
+                return {"code": 409, "status": hold["status"], "_cost": amount}
+            kept = hold["amount"] if amount is None else amount
+            if kept > hold["amount"] or (kept != hold["amount"] and hold["source"] != "credits"):
+                return {"code": 422}
+            acc.balance += hold["amount"] - kept if hold["source"] == "credits" else 0
+            hold["status"] = "captured"
+            self.charges[key] = {**hold, "amount": kept}
+            return {"code": 200, "amount": kept, "_cost": kept}
+
+        return self.keyed(
+            f"billing:capture:{key}",
+            hold["user"],
+            (hold["user"], "capture", None),
+            keep,
+            asked=amount,
+        )
+
+    def release(self, key: str) -> dict[str, Any]:
+        hold = self.holds.get(key)
+        if hold is None:
+            return {"code": 404}
+
+        def give(acc: Account) -> dict[str, Any]:
+            if hold["status"] != "held":
+                return {"code": 409, "status": hold["status"]}
+            returned = self.give_back(acc, hold["source"], hold["amount"], hold["t"])
+            hold["status"] = "released"
+            return {"code": 200, "amount": returned}
+
+        return self.keyed(
+            f"billing:release:{key}", hold["user"], (hold["user"], "release", None), give
+        )
+
+    def expire_all(self) -> None:
+        for user in {h["user"] for h in self.holds.values()}:
+            if any(
+                h["user"] == user and h["status"] == "held" and h["expires"] <= self.t
+                for h in self.holds.values()
+            ):
+                self.bring_up_to_date(user)
 
     def charge(self, op: str, user: int, key: str, cost: int | None) -> dict[str, Any]:
         effective = cost if cost is not None else COSTS[op]
 
         def pay(acc: Account) -> dict[str, Any]:
-            if acc.admin:
-                source, amount = "admin", 0
-            elif op == "generation" and acc.active(self.t) and acc.sub_used < acc.sub_limit:
-                acc.sub_used += 1
-                source, amount = "subscription", 1
-            elif op == "generation" and acc.free_used < FREEMIUM:
-                acc.free_used += 1
-                source, amount = "freemium", 1
-            elif acc.balance >= effective:
-                acc.balance -= effective
-                source, amount = "credits", effective
-            else:
+            drawn = self.draw(op, acc, effective)
+            if drawn is None:
                 return {"code": 402}
+            source, amount = drawn
             self.charges[key] = {"user": user, "source": source, "amount": amount, "t": self.t}
             return {"code": 200, "source": source, "amount": amount}
 
@@ -126,21 +225,11 @@ class Model:
         if charge is None:
             return {"code": 404}
         acc = self.accounts[charge["user"]]
-        acc.refresh(self.t)
+        self.bring_up_to_date(charge["user"])
         if key in self.refunded:
             return {"code": 200, "replayed": True}
         self.refunded.add(key)
-        amount = charge["amount"]
-        if charge["source"] == "credits":
-            acc.balance += amount
-        elif charge["source"] in ("subscription", "freemium"):
-            used, reset = (
-                ("sub_used", acc.sub_reset)
-                if charge["source"] == "subscription"
-                else ("free_used", acc.free_reset)
-            )
-            amount = min(amount, getattr(acc, used)) if charge["t"] >= reset else 0
-            setattr(acc, used, getattr(acc, used) - amount)
+        amount = self.give_back(acc, charge["source"], charge["amount"], charge["t"])
         return {"code": 200, "amount": amount, "replayed": False}
 
     def reset_all(self) -> None:
@@ -153,7 +242,19 @@ users = st.sampled_from([501, 501, 502, 502, 503])  # the admin less often
 costs = st.one_of(st.none(), st.integers(min_value=1, max_value=15))
 generation = st.tuples(st.just("generation"), users, keys, costs)
 refund = st.tuples(st.just("refund"), keys)
-advance = st.tuples(st.just("advance"), st.sampled_from([1, 7, 15, 29, 31, 45]))
+# A few minutes (432 s, which outlives a 300 s hold but not a 900 s one), or days.
+advance = st.tuples(st.just("advance"), st.sampled_from([0.005, 1, 7, 15, 29, 31, 45]))
+reserve = st.tuples(
+    st.just("reserve"),
+    st.sampled_from(["generation", "generation", "assistant"]),
+    users,
+    keys,
+    costs,
+    st.sampled_from([300, 900, DAY_SECONDS]),
+)
+capture = st.tuples(
+    st.just("capture"), keys, st.one_of(st.none(), st.integers(min_value=0, max_value=12))
+)
 # Repeated entries weight the draw towards charges, refunds and the passing of time, which
 # is where the rules interact (refunds across periods, expiring subscriptions).
 operations = st.one_of(
@@ -173,6 +274,11 @@ operations = st.one_of(
     refund,
     advance,
     advance,
+    reserve,
+    reserve,
+    capture,
+    st.tuples(st.just("release"), keys),
+    st.tuples(st.just("expire")),
     st.tuples(st.just("reset")),
     st.tuples(st.just("state"), users),
 )
@@ -222,6 +328,35 @@ SEEDS = [
     ],
     # An admin is charged nothing, and a refund of it returns nothing.
     [("generation", 503, "k1", None), ("assistant", 503, "k2", 15), ("refund", "k2")],
+    # A hold's life: part captured and refunded, released, expired by time or the sweep.
+    [
+        ("grant", 502, "k0", 40),
+        ("reserve", "assistant", 502, "k1", 12, 900),
+        ("capture", "k1", 5),
+        ("refund", "k1"),
+        ("reserve", "generation", 502, "k2", None, 300),
+        ("release", "k2"),
+        ("capture", "k2", None),
+        ("reserve", "generation", 502, "k3", None, 300),
+        ("reserve", "assistant", 502, "k4", 3, 900),
+        ("advance", 0.005),
+        ("state", 502),
+        ("capture", "k3", None),
+        ("expire",),
+        ("advance", 0.005),
+        ("expire",),
+        ("release", "k4"),
+    ],
+    # A hold taken at the end of a period, released in the next one, returns nothing.
+    [
+        ("reserve", "generation", 501, "k1", None, DAY_SECONDS),
+        ("advance", 29),
+        ("reserve", "generation", 501, "k2", None, DAY_SECONDS),
+        ("advance", 1),
+        ("release", "k2"),
+        ("generation", 501, "k3", None),
+        ("generation", 501, "k1", None),
+    ],
 ]
 
 
@@ -273,6 +408,26 @@ def test_random_sequences_agree_with_the_model(worker, accounts, engine, setting
             (key,) = args
             got, want = worker.refund(key), model.refund(key)
             touched = list(USERS)
+        elif kind == "reserve":
+            op, user, key, cost, ttl = args
+            kwargs = {"ttl_seconds": ttl, **({"cost": cost} if cost is not None else {})}
+            send = worker.reserve_generation if op == "generation" else worker.reserve_assistant
+            got, want = send(user, key, **kwargs), model.reserve(op, user, key, cost, ttl)
+            touched = [user]
+        elif kind == "capture":
+            key, amount = args
+            kwargs = {"amount": amount} if amount is not None else {}
+            got, want = worker.capture(key, **kwargs), model.capture(key, amount)
+            touched = list(USERS)
+        elif kind == "release":
+            (key,) = args
+            got, want = worker.release(key), model.release(key)
+            touched = list(USERS)
+        elif kind == "expire":
+            worker.expire_holds()
+            model.expire_all()
+            touched = list(USERS)
+            got = want = {}
         elif kind == "advance":
             shift_clock(engine, args[0])
             model.t += args[0]
@@ -285,10 +440,16 @@ def test_random_sequences_agree_with_the_model(worker, accounts, engine, setting
         else:
             (user,) = args
             state = worker.state(user)["state"]
-            model.accounts[user].refresh(model.t)
+            model.bring_up_to_date(user)
             acc = model.accounts[user]
             assert state["subscription"]["active"] == acc.active(model.t)
             assert state["freemium"]["remaining"] == max(FREEMIUM - acc.free_used, 0)
+            open_credits = sum(
+                h["amount"]
+                for h in model.holds.values()
+                if h["user"] == user and h["status"] == "held" and h["source"] == "credits"
+            )
+            assert state["held"]["credits"] == open_credits
             touched = [user]
             got = want = {}
 

@@ -158,3 +158,60 @@ def test_0003_moves_resets_to_their_journal_and_refuses_to_drop_new_ones(
         assert "allowance_resets" in inspect(engine).get_table_names()
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_0004_downgrade_refuses_while_holds_exist(backend, request, tmp_path):
+    if backend == "postgresql":
+        url = request.getfixturevalue("scratch_url")
+    else:
+        url = f"sqlite:///{tmp_path / 'billing.sqlite'}"
+    migrate.upgrade(url)
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO users (id) VALUES (7)"))
+            conn.execute(
+                text(
+                    "INSERT INTO billing_holds (idempotency_key, user_id, operation, source,"
+                    " amount, created_at, expires_at) VALUES ('h', 7, 'generation', 'freemium',"
+                    " 1, :at, :until)"
+                ),
+                {"at": datetime.now(UTC), "until": datetime.now(UTC) + timedelta(minutes=15)},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO credits_ledger (user_id, entry_type, source, operation, amount,"
+                    " idempotency_key, balance_credits_after, subscription_ops_used_after,"
+                    " freemium_actions_used_after, hold_key) VALUES (7, 'hold', 'freemium',"
+                    " 'generation', 1, 'h', 0, 0, 1, 'h')"
+                )
+            )
+            # A hold entry must name its hold, and only hold entries may.
+            for entry_type, hold_key in (("hold", None), ("charge", "h")):
+                with (
+                    pytest.raises(Exception, match="hold_entry_links_its_hold"),
+                    conn.begin_nested(),
+                ):
+                    conn.execute(
+                        text(
+                            "INSERT INTO credits_ledger (user_id, entry_type, source, amount,"
+                            " idempotency_key, balance_credits_after,"
+                            " subscription_ops_used_after, freemium_actions_used_after,"
+                            " hold_key) VALUES (7, :t, 'freemium', 1, :k, 0, 0, 1, :h)"
+                        ),
+                        {"t": entry_type, "k": f"x-{entry_type}", "h": hold_key},
+                    )
+
+        with pytest.raises(RuntimeError, match="billing_holds holds 1 holds"):
+            migrate.downgrade(url, "0003_allowance_resets")
+        assert "billing_holds" in inspect(engine).get_table_names()
+
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM credits_ledger"))
+            conn.execute(text("DELETE FROM billing_holds"))
+        migrate.downgrade(url, "0003_allowance_resets")
+        assert "billing_holds" not in inspect(engine).get_table_names()
+        migrate.upgrade(url)
+    finally:
+        engine.dispose()
