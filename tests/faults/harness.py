@@ -125,22 +125,26 @@ def prepare_fleet(database_url: str) -> Fleet:
     return Fleet(users, expected)
 
 
-def charge_messages(fleet: Fleet) -> list[tuple[str, dict[str, Any]]]:
-    """The stream, interleaved across accounts so every worker sees every account."""
+def charge_messages(fleet: Fleet, hold_ttl: int | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """The stream, interleaved across accounts so every worker sees every account: charges,
+    or with ``hold_ttl`` reserves of holds that live that many seconds."""
+    verb = "charge" if hold_ttl is None else "reserve"
     messages = []
     for i in range(CHARGES_PER_ACCOUNT):
         for user in fleet.user_ids:
-            name = "billing.charge_generation" if i < GENERATIONS else "billing.charge_assistant"
+            name = f"billing.{verb}_{'generation' if i < GENERATIONS else 'assistant'}"
             kwargs = {"user_id": user, "idempotency_key": f"f-{user}-{i}", "cost": COST}
+            if hold_ttl is not None:
+                kwargs["ttl_seconds"] = hold_ttl
             messages.append((name, kwargs))
     return messages
 
 
 def send_stream(
-    app: Celery, fleet: Fleet, queue: str, copies: int = 1
+    app: Celery, fleet: Fleet, queue: str, copies: int = 1, hold_ttl: int | None = None
 ) -> list[tuple[str, AsyncResult]]:
     sent = []
-    for name, kwargs in charge_messages(fleet):
+    for name, kwargs in charge_messages(fleet, hold_ttl):
         for _ in range(copies):
             sent.append(
                 (kwargs["idempotency_key"], app.send_task(name, kwargs=kwargs, queue=queue))
@@ -183,6 +187,7 @@ def resend_missing(
     sent: list[tuple[str, AsyncResult]],
     queue: str,
     settle: float = 60,
+    hold_ttl: int | None = None,
 ) -> list[str]:
     """What a producer does when an answer does not come: send the same key again.
 
@@ -196,7 +201,8 @@ def resend_missing(
         pass
     missing = set(missing_keys(engine, fleet))
     messages = dict(
-        (kwargs["idempotency_key"], (name, kwargs)) for name, kwargs in charge_messages(fleet)
+        (kwargs["idempotency_key"], (name, kwargs))
+        for name, kwargs in charge_messages(fleet, hold_ttl)
     )
     for i, (key, _result) in enumerate(sent):
         if key in missing:
@@ -240,14 +246,20 @@ class Report:
 
 
 def finish(
-    engine: Engine, app: Celery, fleet: Fleet, sent: list[tuple[str, AsyncResult]], queue: str
+    engine: Engine,
+    app: Celery,
+    fleet: Fleet,
+    sent: list[tuple[str, AsyncResult]],
+    queue: str,
+    hold_ttl: int | None = None,
 ) -> tuple[Report, dict[str, list[dict]]]:
     """Let the stream settle, resend what has no outcome (as a producer whose answer did not
     come does), collect every answer and check the invariants."""
-    resent = resend_missing(app, engine, fleet, sent, queue)
+    resent = resend_missing(app, engine, fleet, sent, queue, hold_ttl=hold_ttl)
     wait_for_outcomes(engine, len(fleet.keys))
     answers = collect(sent)
-    report = check_invariants(engine, app, fleet, answers, len(sent), queue, resent)
+    entry_type = "charge" if hold_ttl is None else "hold"
+    report = check_invariants(engine, app, fleet, answers, len(sent), queue, resent, entry_type)
     # A message or two caught in kombu's window at the fault, never the stream.
     assert len(resent) <= 8, resent
     return report, answers
@@ -261,6 +273,7 @@ def check_invariants(
     sent: int,
     queue: str,
     resent: list[str],
+    entry_type: str = "charge",
 ) -> Report:
     keys = fleet.keys
     with engine.connect() as conn:
@@ -274,7 +287,8 @@ def check_invariants(
         )
         ledger_keys = Counter(
             conn.execute(
-                text("SELECT idempotency_key FROM credits_ledger WHERE entry_type = 'charge'")
+                text("SELECT idempotency_key FROM credits_ledger WHERE entry_type = :t"),
+                {"t": entry_type},
             ).scalars()
         )
         over_limit = conn.execute(
@@ -284,7 +298,7 @@ def check_invariants(
             )
         ).scalar_one()
 
-    # Exactly one outcome per key: one remembered outcome, at most one charge row.
+    # Exactly one outcome per key: one remembered outcome, at most one charge (or hold) row.
     assert set(stored) == set(keys)
     assert all(count == 1 for count in ledger_keys.values())
     assert {k for k, code in stored.items() if code == 200} == set(ledger_keys)

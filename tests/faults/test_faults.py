@@ -48,6 +48,70 @@ def test_killed_worker_child_and_killed_worker(engine, database):
     _report("SIGKILL child + SIGKILL worker", report)
 
 
+def test_holds_outlive_a_killed_worker_and_expire_when_the_pipeline_dies(engine, database):
+    """Reserves instead of charges: a worker is SIGKILLed mid-stream (its reserves come back
+    to the next one), then the pipeline captures every other job that got a hold and dies
+    before settling the rest. Those expire, and give back everything they took."""
+    queue = "faults-holds"
+    ttl = 120  # longer than the stream takes, kill and resends included
+    fleet = harness.prepare_fleet(database)
+    with engine.connect() as conn:
+        before = conn.execute(text(_TOTALS)).one()
+    with celery_worker_process(queue, concurrency=4, env=harness.WORKER_ENV) as first:
+        sent = harness.send_stream(app, fleet, queue, hold_ttl=ttl)
+        harness.wait_until_progress(engine, 500)
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    with celery_worker_process(queue, concurrency=4, env=harness.WORKER_ENV):
+        report, answers = harness.finish(engine, app, fleet, sent, queue, hold_ttl=ttl)
+        held = sorted(key for key, copies in answers.items() if copies[0]["code"] == 200)
+        delivered = held[::2]
+        captures = [
+            app.send_task("billing.capture", kwargs={"idempotency_key": key}, queue=queue)
+            for key in delivered
+        ]
+        answered = [c.get(timeout=120) for c in captures]
+        # A capture later than its hold's time is refused: the hold expired first.
+        assert all(a["code"] == 200 or a.get("status") == "expired" for a in answered)
+        captured = [key for key, a in zip(delivered, answered, strict=True) if a["code"] == 200]
+        assert len(captured) > len(delivered) // 2
+        with engine.connect() as conn:
+            last = conn.execute(text("SELECT max(expires_at) - now() FROM billing_holds")).scalar()
+        time.sleep(max(last.total_seconds(), 0) + 0.5)
+        swept = app.send_task("billing.expire_holds", queue=queue).get(timeout=120)
+        audit = app.send_task("billing.audit", queue=queue).get(timeout=120)
+
+    with engine.connect() as conn:
+        statuses = dict(
+            conn.execute(text("SELECT status, count(*) FROM billing_holds GROUP BY status")).all()
+        )
+        kept = conn.execute(
+            text(
+                "SELECT source, sum(amount) FROM billing_holds WHERE status = 'captured'"
+                " GROUP BY source"
+            )
+        ).all()
+        after = conn.execute(text(_TOTALS)).one()
+    assert statuses == {"captured": len(captured), "expired": len(held) - len(captured)}
+    assert audit["clean"], audit["mismatches"][:5]
+    # Everything not captured came back: what is gone is exactly what the captures kept.
+    kept_by = dict(kept)
+    assert before.credits - after.credits == kept_by.get("credits", 0)
+    assert after.ops - before.ops == kept_by.get("subscription", 0)
+    assert after.actions - before.actions == kept_by.get("freemium", 0)
+    _report(
+        f"holds: SIGKILL worker, {len(captured)} captured, {swept['expired']} expired by the"
+        f" sweep of {len(held) - len(captured)} abandoned",
+        report,
+    )
+
+
+_TOTALS = (
+    "SELECT sum(balance_credits) AS credits, sum(subscription_ops_used) AS ops,"
+    " sum(freemium_actions_used) AS actions FROM users"
+)
+
+
 def test_warm_shutdown_then_restart(engine, database):
     queue = "faults-term"
     fleet = harness.prepare_fleet(database)
