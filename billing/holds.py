@@ -15,6 +15,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
 from billing import frame, results, rules, settlement
 from billing.charges import default_cost, paid_outcome, unpaid_outcome
 from billing.frame import Decision, Movement, Refused
@@ -22,7 +25,7 @@ from billing.rules import AccountRow, HoldRow
 from billing.settings import Settings
 from billing.store import Entry, HoldChange, Store
 from billing.validation import RESERVED_KEY_PREFIX, CaptureArgs, ReleaseArgs, ReserveArgs
-from models import EntryType, HoldStatus, LedgerSource, Operation
+from models import EntryType, Hold, HoldStatus, LedgerSource, Operation
 
 HOLD_NOT_FOUND = "hold_not_found"
 HOLD_CLOSED = "hold_closed"
@@ -177,6 +180,26 @@ class Release(_Settle):
                 f"the {hold.source} period the hold was taken in has ended; nothing returned"
             )
         return Decision(outcome, settled.entries[0], holds=[settled.change])
+
+
+def list_open(session: Session, user_id: int) -> list[dict[str, Any]]:
+    """The account's open holds, oldest first, for operators (``billing state``)."""
+    rows = session.scalars(
+        select(Hold)
+        .where(Hold.user_id == user_id, Hold.status == HoldStatus.HELD)
+        .order_by(Hold.created_at, Hold.idempotency_key)
+    )
+    return [
+        {
+            "idempotency_key": hold.idempotency_key,
+            "operation": str(hold.operation),
+            "source": str(hold.source),
+            "amount": hold.amount,
+            "created_at": rules.as_utc(hold.created_at).isoformat(),
+            "expires_at": rules.as_utc(hold.expires_at).isoformat(),
+        }
+        for hold in rows
+    ]
 
 
 def hold_not_found(key: str) -> results.Result:

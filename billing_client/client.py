@@ -44,6 +44,8 @@ class BillingResult:
     idempotency_key: str | None = None
     replayed: bool = False
     state: dict[str, Any] | None = None
+    # A reserve's, capture's or release's hold: {"status": ..., "held": n, "expires_at": ...}.
+    hold: dict[str, Any] | None = None
     raw: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
 
     @classmethod
@@ -60,6 +62,7 @@ class BillingResult:
             idempotency_key=answer.get("idempotency_key"),
             replayed=bool(answer.get("replayed", False)),
             state=answer.get("state"),
+            hold=answer.get("hold"),
             raw=answer,
         )
 
@@ -134,6 +137,60 @@ class BillingClient:
             cost=cost,
             meta=meta,
         )
+
+    def reserve_generation(
+        self,
+        user_id: int,
+        idempotency_key: str,
+        cost: int | None = None,
+        ttl_seconds: int | None = None,
+        meta: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> BillingResult:
+        """Hold what the generation would be charged, before it runs; ``capture`` it when the
+        image is delivered, ``release`` it when it is not. Unsettled, it expires after
+        ``ttl_seconds`` (default BILLING_HOLD_TTL_SECONDS) and gives everything back."""
+        return self.call(
+            names.RESERVE_GENERATION,
+            timeout,
+            user_id=user_id,
+            idempotency_key=idempotency_key,
+            cost=cost,
+            ttl_seconds=ttl_seconds,
+            meta=meta,
+        )
+
+    def reserve_assistant(
+        self,
+        user_id: int,
+        idempotency_key: str,
+        cost: int | None = None,
+        ttl_seconds: int | None = None,
+        meta: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> BillingResult:
+        return self.call(
+            names.RESERVE_ASSISTANT,
+            timeout,
+            user_id=user_id,
+            idempotency_key=idempotency_key,
+            cost=cost,
+            ttl_seconds=ttl_seconds,
+            meta=meta,
+        )
+
+    def capture(
+        self, idempotency_key: str, amount: int | None = None, timeout: float | None = None
+    ) -> BillingResult:
+        """Keep the hold reserved under ``idempotency_key``: all of it, or for a credits hold
+        ``amount`` of it (the rest goes back at once)."""
+        return self.call(names.CAPTURE, timeout, idempotency_key=idempotency_key, amount=amount)
+
+    def release(
+        self, idempotency_key: str, reason: str | None = None, timeout: float | None = None
+    ) -> BillingResult:
+        """Give back everything the hold reserved under ``idempotency_key`` took."""
+        return self.call(names.RELEASE, timeout, idempotency_key=idempotency_key, reason=reason)
 
     def refund(
         self, idempotency_key: str, reason: str | None = None, timeout: float | None = None

@@ -1,8 +1,10 @@
 """``billing demo``: the processor end to end, on the embedded default or the configured services.
 
 It migrates, starts a worker and a beat, creates one account of each kind, sends a stream of
-generation and assistant charges by task name (as the image pipeline does), prints what
-happened and shuts everything down.
+generation and assistant charges by task name (as the image pipeline does), then three jobs
+the way the pipeline runs them with holds (one delivered and captured, one failed and
+released, one whose pipeline died, left to expire), prints what happened and shuts
+everything down.
 """
 
 from __future__ import annotations
@@ -111,12 +113,14 @@ def run(charges: int = 60, concurrency: int = 2) -> int:
         processes.wait_for_worker(app, worker, processes.node_name(hostname))
         print(f"  worker ({concurrency} processes) and beat running; logs in {log}")
         outcomes = _drive(app, accounts, charges, run_id)
+        held = _holds(app, accounts["credits only"]["id"], run_id)
         shown = accounts["subscriber"]["id"]
         state = app.send_task(names.GET_STATE, kwargs={"user_id": shown}).get(timeout=30)
         ledger = app.send_task(names.GET_LEDGER, kwargs={"user_id": shown, "limit": 5}).get(
             timeout=30
         )
     _report(outcomes, state, ledger)
+    _report_holds(held)
     print(f"\nworker and beat stopped; demo took {time.monotonic() - started:.1f}s")
     return 0
 
@@ -133,6 +137,41 @@ def _drive(app, accounts: dict[str, dict[str, Any]], charges: int, run_id: int) 
         _progress(done, charges)
     print()
     return outcomes
+
+
+# The hold a dead pipeline leaves behind lives this long in the demo (the default is 900 s).
+DEMO_HOLD_TTL = 2
+
+
+def _holds(app, user: int, run_id: int) -> list[tuple[str, dict]]:
+    """Reserve -> generate -> capture, release on failure, expiry when nobody settles."""
+
+    def send(task: str, **kwargs: Any) -> dict:
+        return app.send_task(task, kwargs=kwargs).get(timeout=60)
+
+    key = f"demo-{run_id}-hold"
+    steps = [
+        ("reserve job 1", send(names.RESERVE_GENERATION, user_id=user, idempotency_key=f"{key}-1")),
+        ("image delivered: capture", send(names.CAPTURE, idempotency_key=f"{key}-1")),
+        ("reserve job 2", send(names.RESERVE_GENERATION, user_id=user, idempotency_key=f"{key}-2")),
+        (
+            "generation failed: release",
+            send(names.RELEASE, idempotency_key=f"{key}-2", reason="generation failed"),
+        ),
+        (
+            f"reserve job 3 ({DEMO_HOLD_TTL} s to live)",
+            send(
+                names.RESERVE_GENERATION,
+                user_id=user,
+                idempotency_key=f"{key}-3",
+                ttl_seconds=DEMO_HOLD_TTL,
+            ),
+        ),
+    ]
+    time.sleep(DEMO_HOLD_TTL + 0.5)  # job 3's pipeline died: nobody captures or releases it
+    steps.append(("pipeline died; later", send(names.GET_STATE, user_id=user)))
+    steps.append(("a late capture of job 3", send(names.CAPTURE, idempotency_key=f"{key}-3")))
+    return steps
 
 
 def plan(ids: list[int], charges: int, run_id: int) -> list[tuple[str, dict[str, Any]]]:
@@ -169,3 +208,17 @@ def _report(outcomes: list[dict], state: dict, ledger: dict) -> None:
     print(_format_state(state) if state["ok"] else state)
     print("\nits latest ledger entries:")
     print("\n".join(format_ledger_rows(ledger["entries"])) if ledger["entries"] else "(none)")
+
+
+def _report_holds(steps: list[tuple[str, dict]]) -> None:
+    print("\nholds on the credits-only account (reserve -> generate -> capture or release):")
+    for step, answer in steps:
+        hold = answer.get("hold") or {}
+        if answer.get("ok") and "source" in answer:
+            what = f"{answer['source']} {answer['amount']}, hold {hold.get('status')}"
+        elif answer.get("ok"):
+            what = f"held now {answer['state']['held']['credits']} credits"
+        else:
+            what = f"{answer['code']} {answer['error']} ({answer.get('status', '')})"
+        credits = answer.get("state", {}).get("credits", {}).get("balance", "")
+        print(f"  {step:<34} {what:<40} balance {credits}")

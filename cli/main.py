@@ -139,11 +139,15 @@ def _in_transaction(fn: Callable[[Any, Any], dict[str, Any]]) -> dict[str, Any]:
 
 
 def _cmd_state(args: argparse.Namespace) -> int:
-    from billing import accounts
+    from billing import accounts, holds
     from billing.validation import UserArgs
 
     parsed = UserArgs.parse((), {"user_id": args.user_id})
     result = _on_store(lambda store, s: accounts.get_state(store, parsed, s))
+    if result["ok"]:  # read after the state, which expired any due hold first
+        result["open_holds"] = _in_transaction(
+            lambda session, _s: holds.list_open(session, args.user_id)
+        )
     return _print(result, args.json, _format_state)
 
 
@@ -194,7 +198,7 @@ def _print(result: dict[str, Any], as_json: bool, human: Callable[[dict[str, Any
 
 def _format_state(result: dict[str, Any]) -> str:
     s = result["state"]
-    sub, free = s["subscription"], s["freemium"]
+    sub, free, held = s["subscription"], s["freemium"], s["held"]
     sub_line = (
         f"{sub['type']} ({'active until ' + sub['ends_at'] if sub['active'] else 'inactive'}), "
         f"{sub['ops_used']}/{sub['ops_limit']} operations used, {sub['ops_remaining']} left, "
@@ -209,6 +213,14 @@ def _format_state(result: dict[str, Any]) -> str:
             f"  freemium:     {free['used']}/{free['limit']} actions used, "
             f"{free['remaining']} left, resets {free['resets_at']}",
             f"  credits:      {s['credits']['balance']}",
+            f"  held:         {held['subscription_ops']} operations, "
+            f"{held['freemium_actions']} actions, {held['credits']} credits"
+            " (taken by open holds, already out of the figures above)",
+            *(
+                f"    {h['idempotency_key']}: {h['amount']} {h['source']} for a"
+                f" {h['operation']}, expires {h['expires_at']}"
+                for h in result.get("open_holds", [])
+            ),
         ]
     )
 

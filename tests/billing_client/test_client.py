@@ -34,11 +34,18 @@ user = int(sys.argv[2])
 paid = client.charge_generation(user, "producer-1", meta={"job": "j-1"})
 again = client.charge_generation(user, "producer-1", meta={"job": "j-1"})
 refunded = client.refund("producer-1", reason="generation failed")
+held = client.reserve_generation(user, "producer-2", ttl_seconds=60, meta={"job": "j-2"})
+captured = client.capture("producer-2", amount=4)
+held_too = client.reserve_assistant(user, "producer-3", cost=3)
+released = client.release("producer-3", reason="generation failed")
 state = client.get_state(user)
 print(json.dumps({
     "paid": [paid.ok, paid.code, paid.source, paid.amount, paid.replayed],
     "again": [again.ok, again.replayed, again.ledger_id == paid.ledger_id],
     "refunded": [refunded.ok, refunded.amount],
+    "held": [held.ok, held.source, held.amount, held.hold["status"], held_too.amount],
+    "captured": [captured.ok, captured.amount, captured.hold["status"]],
+    "released": [released.ok, released.amount, released.hold["status"]],
     "balance": state.state["credits"]["balance"],
     "modules": sorted(m for m in sys.modules if m.split(".")[0] in ("sqlalchemy", "psycopg")),
 }))
@@ -71,7 +78,10 @@ def test_client_charges_from_a_celery_only_process(worker, accounts, tmp_path):
     assert report["paid"] == [True, 200, "credits", 10, False]
     assert report["again"] == [True, True, True]
     assert report["refunded"] == [True, 10]
-    assert report["balance"] == 100
+    assert report["held"] == [True, "credits", 10, "held", 3]
+    assert report["captured"] == [True, 4, "captured"]
+    assert report["released"] == [True, 3, "released"]
+    assert report["balance"] == 96
     assert report["modules"] == []
     assert sys.executable != str(python)
 

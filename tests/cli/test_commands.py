@@ -106,3 +106,20 @@ def test_flower_refuses_to_start_without_credentials():
 
     assert result.returncode == 2
     assert "refusing to start Flower without authentication" in result.stderr
+
+
+def test_state_shows_what_open_holds_keep(worker, accounts):
+    user = accounts.credits_only()
+    worker.reserve_generation(user, "cli-hold", cost=15, ttl_seconds=600)
+    worker.reserve_generation(user, "cli-done", cost=5)
+    worker.capture("cli-done")
+
+    state = billing("state", str(user))
+    as_json = json.loads(billing("state", str(user), "--json").stdout)
+
+    assert state.returncode == 0
+    assert "credits:      80" in state.stdout
+    assert "held:         0 operations, 0 actions, 15 credits" in state.stdout
+    assert "cli-hold: 15 credits for a generation, expires" in state.stdout
+    assert "cli-done" not in state.stdout
+    assert [h["idempotency_key"] for h in as_json["open_holds"]] == ["cli-hold"]

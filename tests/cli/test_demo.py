@@ -30,6 +30,11 @@ def test_demo_on_the_embedded_default(tmp_path):
     assert sum(int(row[4]) for row in table) == 40
     assert {row[1] for row in table} >= {"admin", "subscription", "credits", "not_enough_credits"}
     assert "state of the subscriber account:" in out and "its latest ledger entries:" in out
+    holds = out.split("holds on the credits-only account")[1]
+    assert re.search(r"image delivered: capture\s+credits 10, hold captured", holds)
+    assert re.search(r"generation failed: release\s+credits 10, hold released", holds)
+    assert re.search(r"pipeline died; later\s+held now 0 credits", holds)
+    assert re.search(r"a late capture of job 3\s+409 hold_closed \(expired\)", holds)
     assert "worker and beat stopped" in out
     assert (tmp_path / "data" / "billing.sqlite").exists()
 
