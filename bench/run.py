@@ -16,6 +16,9 @@ Scenarios (each throughput figure is the median of --repeat runs, with its min-m
    Python must do); see bench.app. They bound from above what a charge can reach here;
 3. hot account: the same against 10 accounts;
 4. latency under load: charges and no-ops at half the charges' maximum rate, alternated;
+   and holds: jobs paid by reserve then capture (each stream waiting for the one before, as
+   the pipeline waits for the reserve before it generates) beside jobs paid by two charges,
+   on the accounts with credits, in the same rounds;
 5. resets: reset_due_limits against one plain UPDATE of the same rows;
 6. ledger reads: the first page and a page 1,000 deep of a user with many rows;
 7. database work per charge: statements, round trips and transactions per charge, and the
@@ -93,6 +96,36 @@ def throughput_scenarios(args: argparse.Namespace, db_url: str) -> dict[str, Any
     def noops(n: int) -> list[tuple[str, dict[str, Any]]]:
         return [("bench.noop", {}) for _ in range(n)]
 
+    funded = [u for u in range(1, args.accounts + 1) if u % 5 != 2]  # see CHARGE_ACCOUNTS_SQL
+
+    def hold_jobs(n: int) -> tp.StreamResult:
+        keys = [f"{run}-h{next(counter)}" for _ in range(n)]
+        users = [funded[(i * 7919) % len(funded)] for i in range(n)]
+        reserve = tp.run_stream(
+            app,
+            [
+                ("billing.reserve_generation", {"user_id": user, "idempotency_key": key})
+                for user, key in zip(users, keys, strict=True)
+            ],
+        )
+        capture = tp.run_stream(app, [("billing.capture", {"idempotency_key": k}) for k in keys])
+        return tp.joined(reserve, capture)
+
+    def charge_jobs(n: int) -> tp.StreamResult:
+        def stream() -> list[tuple[str, dict[str, Any]]]:
+            return [
+                (
+                    "billing.charge_generation",
+                    {
+                        "user_id": funded[(i * 7919) % len(funded)],
+                        "idempotency_key": f"{run}-{next(counter)}",
+                    },
+                )
+                for i in range(n)
+            ]
+
+        return tp.joined(tp.run_stream(app, stream()), tp.run_stream(app, stream()))
+
     def as_charges(task: str, n: int) -> list[tuple[str, dict[str, Any]]]:
         """The charges' messages, sent to a reference task instead."""
         return [(task, kwargs) for _, kwargs in charges(n, args.accounts)]
@@ -106,6 +139,7 @@ def throughput_scenarios(args: argparse.Namespace, db_url: str) -> dict[str, Any
             tp.run_stream(app, noops(200))  # warm up: connections, prepared plans
             tp.run_stream(app, charges(200, args.accounts))
             floor, charge, hot, frame, bound, locked = [], [], [], [], [], []
+            holds, two_charges = [], []
             for _ in range(args.repeat):
                 floor.append(tp.run_stream(app, noops(args.tasks)))
                 if events:
@@ -116,6 +150,8 @@ def throughput_scenarios(args: argparse.Namespace, db_url: str) -> dict[str, Any
                 charge.append(tp.run_stream(app, charges(args.tasks, args.accounts)))
                 if events:
                     hot.append(tp.run_stream(app, charges(args.tasks, 10)))
+                    holds.append(hold_jobs(args.tasks // 2))
+                    two_charges.append(charge_jobs(args.tasks // 2))
             out[f"floor_{label}"] = tp.median_of(floor)
             out[f"charges_{label}"] = tp.median_of(charge)
             if events:
@@ -133,6 +169,8 @@ def throughput_scenarios(args: argparse.Namespace, db_url: str) -> dict[str, Any
                     args.repeat,
                 )
                 out["hot_account"] = tp.median_of(hot)
+                out["hold_jobs"] = tp.median_of(holds)
+                out["two_charge_jobs"] = tp.median_of(two_charges)
                 rate = 0.5 * statistics.median(r.rate for r in charge)
                 n = max(int(rate * 20), 200)  # about 20 seconds at that rate
                 paced_floor, paced_charges = [], []
@@ -428,6 +466,15 @@ def table(results: dict[str, Any]) -> str:
             f"{r['tasks_per_s']['min']:>7.1f}-{r['tasks_per_s']['max']:<7.1f} "
             f"{r['tasks_per_s']['median'] / base:>9.2f} {r['p50_ms']['median']:>8.0f} "
             f"{r['p95_ms']['median']:>8.0f} {r['p99_ms']['median']:>8.0f}"
+        )
+    if "hold_jobs" in t:
+        held, charged = t["hold_jobs"], t["two_charge_jobs"]
+        lines.append(
+            f"jobs paid by reserve + capture: {held['tasks_per_s']['median']:.1f} tasks/s"
+            f" ({held['tasks_per_s']['min']:.1f}-{held['tasks_per_s']['max']:.1f}) vs by two"
+            f" charges {charged['tasks_per_s']['median']:.1f} tasks/s"
+            f" ({charged['tasks_per_s']['min']:.1f}-{charged['tasks_per_s']['max']:.1f}):"
+            f" x{held['tasks_per_s']['median'] / charged['tasks_per_s']['median']:.2f}"
         )
     load = t["under_load"]
 

@@ -49,6 +49,15 @@ class StreamResult:
         }
 
 
+def joined(*streams: StreamResult) -> StreamResult:
+    """Streams run one after the other, as one: a job's steps when each waits for the last."""
+    return StreamResult(
+        sum(r.tasks for r in streams),
+        sum(r.seconds for r in streams),
+        [ms for r in streams for ms in r.latencies_ms],
+    )
+
+
 @contextmanager
 def workers(app, env: dict[str, str], concurrency: int, log_dir) -> Iterator[None]:
     """One worker with the production configuration, on the bench queue."""
