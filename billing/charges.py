@@ -43,7 +43,14 @@ def unpaid_outcome(
     )
 
 
-class Charge(Movement):
+class V4Gated(Movement):
+    """A movement ``BILLING_V4_ENABLED=false`` refuses for new keys (charges and holds)."""
+
+    def enabled(self, settings: Settings) -> results.Result | None:
+        return None if settings.v4_enabled else results.billing_disabled()
+
+
+class Charge(V4Gated):
     """A generation or assistant charge; a 402 is remembered like a paid charge."""
 
     def __init__(self, operation: Operation, args: ChargeArgs) -> None:
@@ -53,9 +60,6 @@ class Charge(Movement):
         self.user_id = args.user_id
         self.operation = str(operation)
         self.requested_cost = args.cost
-
-    def enabled(self, settings: Settings) -> results.Result | None:
-        return None if settings.v4_enabled else results.billing_disabled()
 
     def recorded_cost(self, settings: Settings) -> int:
         if self.requested_cost is not None:
@@ -70,6 +74,12 @@ class Charge(Movement):
             state = rules.account_state(account, now, settings)
             return Decision(unpaid_outcome(self.kind, cost, key, state), cost=cost)
         rules.take(account, draw)
+        return self.taken(account, draw, cost, now, settings)
+
+    def taken(
+        self, account: AccountRow, draw: rules.Draw, cost: int, now: datetime, settings: Settings
+    ) -> Decision:
+        """What taking ``draw`` from the locked account writes and answers."""
         entry = Entry(EntryType.CHARGE, draw.source, draw.amount, self.kind, self.args.meta)
         state = rules.account_state(account, now, settings)
-        return Decision(paid_outcome(draw, key, state), entry, cost)
+        return Decision(paid_outcome(draw, self.key, state), entry, cost)

@@ -19,8 +19,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from billing import frame, results, rules, settlement
-from billing.charges import default_cost, paid_outcome, unpaid_outcome
-from billing.frame import Decision, Movement, Refused
+from billing.charges import Charge, V4Gated, paid_outcome
+from billing.frame import Decision, Refused
 from billing.rules import AccountRow, HoldRow
 from billing.settings import Settings
 from billing.store import Entry, HoldChange, Store
@@ -39,34 +39,17 @@ def hold_view(hold: HoldRow) -> dict[str, Any]:
     return view
 
 
-class _Enabled(Movement):
-    def enabled(self, settings: Settings) -> results.Result | None:
-        return None if settings.v4_enabled else results.billing_disabled()
-
-
-class Reserve(_Enabled):
+class Reserve(Charge):
     """Take what a charge would take, as an open hold; a 402 is remembered like a charge's."""
 
     def __init__(self, operation: Operation, args: ReserveArgs) -> None:
-        self.kind = operation
-        self.args = args
-        self.key = args.idempotency_key
-        self.user_id = args.user_id
+        super().__init__(operation, args)
+        self.args: ReserveArgs = args
         self.operation = PREFIX + str(operation)
-        self.requested_cost = args.cost
 
-    def recorded_cost(self, settings: Settings) -> int:
-        if self.requested_cost is not None:
-            return self.requested_cost
-        return default_cost(self.kind, settings)
-
-    def decide(self, account: AccountRow, now: datetime, settings: Settings) -> Decision:
-        cost = self.recorded_cost(settings)
-        draw = rules.choose_draw(account, self.kind, cost, now, settings)
-        if draw is None:
-            state = rules.account_state(account, now, settings)
-            return Decision(unpaid_outcome(self.kind, cost, self.key, state), cost=cost)
-        rules.take(account, draw)
+    def taken(
+        self, account: AccountRow, draw: rules.Draw, cost: int, now: datetime, settings: Settings
+    ) -> Decision:
         ttl = self.args.ttl_seconds or settings.hold_ttl_seconds
         hold = HoldRow(
             self.key, self.kind, draw.source, draw.amount, now, now + timedelta(seconds=ttl)
@@ -80,7 +63,7 @@ class Reserve(_Enabled):
         return Decision(outcome, entry, cost, holds=[HoldChange(hold, new=True)])
 
 
-class _Settle(_Enabled):
+class _Settle(V4Gated):
     """A capture or release of the hold ``hold_key`` on its locked account."""
 
     verb: str

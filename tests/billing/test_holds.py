@@ -360,3 +360,25 @@ def test_the_audit_stays_exact_with_holds_in_every_state_and_sees_a_broken_one(
     assert audit["mismatches"] == [
         {"user_id": user, "field": "hold", "hold_key": "open", "stored": "released", "ledger": None}
     ]
+
+
+def test_flags_and_costs_apply_to_new_hold_keys_only(worker, accounts, engine, settings_env):
+    user = accounts.credits_only()
+    held = worker.reserve_generation(user, "before-switch", ttl_seconds=600)
+    captured = worker.capture("before-switch")
+    open_hold = worker.reserve_generation(user, "open-at-switch", ttl_seconds=600)
+    settings_env(v4_enabled="false", generation_cost="25")
+
+    again = worker.reserve_generation(user, "before-switch", ttl_seconds=600)
+    capture_again = worker.capture("before-switch")
+    new_reserve = worker.reserve_generation(user, "while-off")
+    new_capture = worker.capture("open-at-switch")
+    settings_env(v4_enabled="true", generation_cost="25")
+    later_capture = worker.capture("open-at-switch")
+
+    assert again == {**held, "replayed": True} and again["amount"] == 10
+    assert capture_again == {**captured, "replayed": True}
+    for refused in (new_reserve, new_capture):
+        assert (refused["code"], refused["error"]) == (400, "billing_disabled")
+    assert (later_capture["code"], later_capture["amount"]) == (200, open_hold["amount"])
+    assert count_rows(engine, "billing_holds") == 2

@@ -20,6 +20,11 @@ TASKS = [
     "billing.get_state",
     "billing.get_ledger",
     "billing.audit",
+    "billing.reserve_generation",
+    "billing.reserve_assistant",
+    "billing.capture",
+    "billing.release",
+    "billing.expire_holds",
 ]
 FIELDS = [
     "user_id",
@@ -32,6 +37,7 @@ FIELDS = [
     "reason",
     "limit",
     "cursor",
+    "ttl_seconds",
     "bogus",
 ]
 
@@ -78,5 +84,6 @@ def test_generated_messages_get_documented_answers(worker, engine, accounts, mes
         assert result["field"] in [*FIELDS, "args"]
         assert count_rows(engine, "billing_requests") == 0
         assert count_rows(engine, "credits_ledger") == 0
+        assert count_rows(engine, "billing_holds") == 0
     # The worker is still there for the next, good message.
     assert worker.state(USER)["code"] == 200

@@ -67,6 +67,19 @@ CASES = [
     ("refund", {"reason": ["why"]}, "reason"),
     ("refund", {"reason": "r" * 501}, "reason"),
     ("audit", {"user_id": "all"}, "user_id"),
+    ("reserve_generation", {"ttl_seconds": 0}, "ttl_seconds"),
+    ("reserve_generation", {"ttl_seconds": 86_401}, "ttl_seconds"),
+    ("reserve_generation", {"ttl_seconds": 60.0}, "ttl_seconds"),
+    ("reserve_assistant", {"ttl_seconds": "900"}, "ttl_seconds"),
+    ("reserve_assistant", {"cost": 0}, "cost"),
+    ("reserve_assistant", {"meta": "job"}, "meta"),
+    ("reserve_generation", {"idempotency_key": "billing:settle:x"}, "idempotency_key"),
+    ("capture", {"amount": -1}, "amount"),
+    ("capture", {"amount": 1_000_001}, "amount"),
+    ("capture", {"amount": "5"}, "amount"),
+    ("capture", {"user_id": 5}, "user_id"),
+    ("release", {"reason": 7}, "reason"),
+    ("release", {"idempotency_key": ""}, "idempotency_key"),
 ]
 
 # Extra arguments each task needs to be otherwise valid.
@@ -75,7 +88,7 @@ REQUIRED = {
     "activate_subscription": {"tier": "basic"},
 }
 NO_KEY = {"get_state", "get_ledger", "audit"}
-NO_USER = {"refund"}
+NO_USER = {"refund", "capture", "release"}
 
 
 def _deep(levels: int) -> dict:
@@ -105,6 +118,7 @@ def test_malformed_message_is_422_and_writes_nothing(
     assert result["field"] == field and result["message"].startswith(f"{field}: ")
     assert count_rows(engine, "billing_requests") == 0
     assert count_rows(engine, "credits_ledger") == 0
+    assert count_rows(engine, "billing_holds") == 0
     assert accounts.get(user).balance_credits == 100
     # The worker keeps serving the next good message.
     assert worker.charge_assistant(user, "after-bad")["code"] == 200
