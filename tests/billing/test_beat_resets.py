@@ -14,7 +14,7 @@ from billing import resets
 from billing.db import session_factory
 from billing.rules import as_utc
 from billing.settings import get_settings
-from tests.conftest import RESULT_TIMEOUT, days_ago, ledger_rows, reset_rows
+from tests.conftest import RESULT_TIMEOUT, days_ago, hold_rows, ledger_rows, reset_rows
 from tests.procs import celery_worker_process
 from worker import app
 
@@ -153,15 +153,24 @@ def test_reset_racing_100_concurrent_charges_loses_nothing(worker, accounts, eng
     assert worker.audit()["clean"] is True
 
 
-def test_a_real_beat_fires_the_reset_and_a_second_beat_stands_by(worker, accounts, tmp_path):
+def test_a_real_beat_fires_the_reset_and_the_hold_sweep_and_a_second_beat_stands_by(
+    worker, accounts, engine, tmp_path
+):
     user = accounts.create(freemium_actions_used=4, freemium_reset_at=days_ago(31))
+    # A hold nobody settles or touches again: only the beat's sweep can expire it.
+    abandoned = accounts.credits_only()
+    worker.reserve_generation(abandoned, "beat-abandoned", ttl_seconds=1)
     env_cmd = [sys.executable, "-m", "celery", "-A", "worker", "beat", "-l", "INFO"]
 
     def beat(name: str) -> subprocess.Popen:
         log = open(tmp_path / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
         return subprocess.Popen(
             [*env_cmd, "--schedule", str(tmp_path / f"{name}-schedule")],
-            env={**os.environ, "BILLING_RESET_INTERVAL_SECONDS": "1"},
+            env={
+                **os.environ,
+                "BILLING_RESET_INTERVAL_SECONDS": "1",
+                "BILLING_HOLD_SWEEP_SECONDS": "1",
+            },
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -173,6 +182,10 @@ def test_a_real_beat_fires_the_reset_and_a_second_beat_stands_by(worker, account
         while accounts.get(user).freemium_actions_used and time.monotonic() < deadline:
             time.sleep(0.2)
         assert accounts.get(user).freemium_actions_used == 0
+        while hold_rows(engine)[0].status == "held" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert hold_rows(engine)[0].status == "expired"
+        assert accounts.get(abandoned).balance_credits == 100
         second = beat("second")
         deadline = time.monotonic() + 60
         while "standing by" not in (tmp_path / "second.log").read_text() and (
