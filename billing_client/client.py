@@ -150,14 +150,8 @@ class BillingClient:
         """Hold what the generation would be charged, before it runs; ``capture`` it when the
         image is delivered, ``release`` it when it is not. Unsettled, it expires after
         ``ttl_seconds`` (default BILLING_HOLD_TTL_SECONDS) and gives everything back."""
-        return self.call(
-            names.RESERVE_GENERATION,
-            timeout,
-            user_id=user_id,
-            idempotency_key=idempotency_key,
-            cost=cost,
-            ttl_seconds=ttl_seconds,
-            meta=meta,
+        return self._reserve(
+            names.RESERVE_GENERATION, user_id, idempotency_key, cost, ttl_seconds, meta, timeout
         )
 
     def reserve_assistant(
@@ -169,8 +163,22 @@ class BillingClient:
         meta: dict[str, Any] | None = None,
         timeout: float | None = None,
     ) -> BillingResult:
+        return self._reserve(
+            names.RESERVE_ASSISTANT, user_id, idempotency_key, cost, ttl_seconds, meta, timeout
+        )
+
+    def _reserve(
+        self,
+        name: str,
+        user_id: int,
+        idempotency_key: str,
+        cost: int | None,
+        ttl_seconds: int | None,
+        meta: dict[str, Any] | None,
+        timeout: float | None,
+    ) -> BillingResult:
         return self.call(
-            names.RESERVE_ASSISTANT,
+            name,
             timeout,
             user_id=user_id,
             idempotency_key=idempotency_key,
