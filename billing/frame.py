@@ -138,7 +138,9 @@ def _run(store: Store, movement: Movement, settings: Settings) -> results.Result
         return _remember_not_found(store, movement, now, settings)
 
     decision = movement.decide(account, now, settings)
-    if account.balance_credits > rules.MAX_BALANCE:
+    # Credits an open hold keeps come back to the balance when it is released or expires,
+    # so they count against the ceiling as if they were there.
+    if account.balance_credits + rules.held(account)["credits"] > rules.MAX_BALANCE:
         raise Refused(
             results.failure(
                 results.UNPROCESSABLE,

@@ -382,3 +382,17 @@ def test_flags_and_costs_apply_to_new_hold_keys_only(worker, accounts, engine, s
         assert (refused["code"], refused["error"]) == (400, "billing_disabled")
     assert (later_capture["code"], later_capture["amount"]) == (200, open_hold["amount"])
     assert count_rows(engine, "billing_holds") == 2
+
+
+def test_credits_on_hold_count_against_the_balance_ceiling(worker, accounts):
+    ceiling = 2**31 - 1
+    user = accounts.credits_only(balance_credits=ceiling - 10)
+    worker.reserve_assistant(user, "big-hold", cost=10)  # the balance is ceiling - 20
+
+    refused = worker.grant(user, 15, "past-the-ceiling")
+    granted = worker.grant(user, 10, "up-to-the-ceiling")
+    released = worker.release("big-hold")
+
+    assert (refused["code"], refused["error"]) == (422, "balance_limit")
+    assert granted["code"] == 200 and granted["state"]["held"]["credits"] == 10
+    assert (released["code"], released["state"]["credits"]["balance"]) == (200, ceiling)
