@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import re
 import weakref
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -72,17 +73,17 @@ LOCK_ACCOUNT = Prepared(
     "billing_lock_account",
     f"SELECT {', '.join(COLUMNS)}, now() FROM users WHERE id = %(user_id)s FOR UPDATE",
 )
-FIND_OUTCOME = Prepared(
-    "billing_find_outcome",
-    "SELECT user_id, operation, cost, response FROM billing_requests"
-    " WHERE idempotency_key = %(key)s",
-)
-# The account's open holds, and the hold a capture or release names when it is closed.
-ACCOUNT_HOLDS = Prepared(
-    "billing_account_holds",
-    f"SELECT {HOLD_COLUMNS} FROM billing_holds WHERE user_id = %(user_id)s AND status = 'held'"
+# After the lock, in one statement: the key's first outcome, and the account's open holds
+# (with the hold a capture or release names when it is closed) as one JSON array, NULL when
+# there are none. One statement rather than two: every charge pays for it.
+READ_AFTER_LOCK = Prepared(
+    "billing_read_after_lock",
+    "SELECT o.user_id, o.operation, o.cost, o.response, (SELECT json_agg(json_build_array("
+    f"{HOLD_COLUMNS})) FROM (SELECT {HOLD_COLUMNS} FROM billing_holds"
+    " WHERE user_id = %(user_id)s AND status = 'held'"
     f" UNION ALL SELECT {HOLD_COLUMNS} FROM billing_holds WHERE idempotency_key = %(hold_key)s"
-    " AND user_id = %(user_id)s AND status <> 'held'",
+    " AND user_id = %(user_id)s AND status <> 'held') AS h)"
+    " FROM (SELECT) AS one LEFT JOIN billing_requests AS o ON o.idempotency_key = %(key)s::text",
 )
 UPDATE_ACCOUNT = Prepared(
     "billing_update_account",
@@ -147,8 +148,7 @@ SETTLE_HOLD = Prepared(
 )
 STATEMENTS = (
     LOCK_ACCOUNT,
-    FIND_OUTCOME,
-    ACCOUNT_HOLDS,
+    READ_AFTER_LOCK,
     UPDATE_ACCOUNT,
     RECORD_RESET,
     RECORD_ENTRY,
@@ -157,8 +157,7 @@ STATEMENTS = (
     INSERT_HOLD,
     SETTLE_HOLD,
 )
-READ_KEYED = ("BEGIN; " + LOCK_ACCOUNT.call() + FIND_OUTCOME.call() + ACCOUNT_HOLDS.call())[:-2]
-READ_KEYLESS = ("BEGIN; " + LOCK_ACCOUNT.call() + ACCOUNT_HOLDS.call())[:-2]
+READ_LOCKED = ("BEGIN; " + LOCK_ACCOUNT.call() + READ_AFTER_LOCK.call()).removesuffix("; ")
 
 # Connections (of this process) on which the statements exist. Parsing and planning them on
 # every charge was over a third of PostgreSQL's CPU per charge (0.50 ms, 0.31 ms prepared).
@@ -205,24 +204,17 @@ class PgStore:
 
     def _lock(self, user_id: int, key: str | None, hold_key: str | None) -> Locked:
         cur = self._cur
-        cur.execute(
-            READ_KEYED if key is not None else READ_KEYLESS,
-            {"user_id": user_id, "key": key, "hold_key": hold_key},
-        )
+        cur.execute(READ_LOCKED, {"user_id": user_id, "key": key, "hold_key": hold_key})
         cur.nextset()
         row = cur.fetchone()
-        stored = None
-        if key is not None:
-            cur.nextset()
-            found = cur.fetchone()
-            if found is not None:
-                stored = StoredOutcome(*found)
         cur.nextset()
-        holds = [_hold(found) for found in cur.fetchall()]
+        *found, holds = cur.fetchone()  # type: ignore[misc]
+        stored = StoredOutcome(*found) if found[0] is not None else None
         if row is None:
             now = self.conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
             return Locked(None, now, stored)
-        return Locked(AccountRow(*row[:-1], holds=holds), row[-1], stored)
+        account = AccountRow(*row[:-1], holds=[_hold(h) for h in holds or ()])
+        return Locked(account, row[-1], stored)
 
     def write(self, writes: Writes) -> int | None:
         account, outcome, entry = writes.account, writes.outcome, writes.entry
@@ -342,18 +334,23 @@ class PgStore:
         return row[0] if row is not None else None
 
 
-def _hold(row: tuple[Any, ...]) -> HoldRow:
+def _hold(row: Sequence[Any]) -> HoldRow:
+    """A hold as ``HOLD_COLUMNS`` reads it, as a row or as a JSON array (times as text)."""
     key, operation, source, amount, created_at, expires_at, status, captured = row
     return HoldRow(
         key,
         Operation(operation),
         LedgerSource(source),
         amount,
-        created_at,
-        expires_at,
+        _time(created_at),
+        _time(expires_at),
         HoldStatus(status),
         captured,
     )
+
+
+def _time(value: datetime | str) -> datetime:
+    return datetime.fromisoformat(value) if isinstance(value, str) else value
 
 
 def _entry_params(entry: Entry, key: str | None, defaults: Counters | None) -> dict[str, Any]:
