@@ -329,16 +329,40 @@ PGBENCH_SCRIPT = """\\set uid random(1, {accounts})
 \\set k random(1, 9000000000000000000)
 BEGIN;
 SELECT id, role, subscription_type, subscription_end, subscription_ops_limit, subscription_ops_used, subscription_ops_reset_at, freemium_actions_used, freemium_reset_at, balance_credits, now() FROM users WHERE id = :uid FOR UPDATE;
-SELECT user_id, operation, cost, response, ledger_id FROM billing_requests WHERE idempotency_key = 'pgb-' || :k;
+SELECT o.user_id, o.operation, o.cost, o.response, (SELECT json_agg(json_build_array(idempotency_key, operation, source, amount, created_at, expires_at, status, captured)) FROM (SELECT idempotency_key, operation, source, amount, created_at, expires_at, status, captured FROM billing_holds WHERE user_id = :uid AND status = 'held' UNION ALL SELECT idempotency_key, operation, source, amount, created_at, expires_at, status, captured FROM billing_holds WHERE idempotency_key = NULL AND user_id = :uid AND status <> 'held') AS h) FROM (SELECT) AS one LEFT JOIN billing_requests AS o ON o.idempotency_key = 'pgb-' || :k;
 UPDATE users SET balance_credits = balance_credits WHERE id = :uid;
 WITH entry AS (INSERT INTO credits_ledger (user_id, entry_type, source, operation, amount, idempotency_key, balance_credits_after, subscription_ops_used_after, freemium_actions_used_after, created_at) VALUES (:uid, 'charge', 'credits', 'generation', 10, 'pgb-' || :k, 0, 0, 0, now()) RETURNING id) INSERT INTO billing_requests (idempotency_key, user_id, operation, cost, response, ledger_id) SELECT 'pgb-' || :k, :uid, 'generation', 10, '{{"ok": true, "code": 200}}'::jsonb || jsonb_build_object('ledger_id', entry.id), entry.id FROM entry RETURNING ledger_id;
 COMMIT;
 """  # noqa: E501 - pgbench reads one statement per line
+# The same before holds (revision 0004): the read after the lock looked the key up only. Run
+# alternately with the script above, it prices what reading the account's holds adds.
+PGBENCH_WITHOUT_HOLDS = PGBENCH_SCRIPT.replace(
+    PGBENCH_SCRIPT.splitlines()[4], "SELECT user_id, operation, cost, response FROM"
+    " billing_requests WHERE idempotency_key = 'pgb-' || :k;"
+)  # fmt: skip
 
 
 def _pgbench(url: str, args: argparse.Namespace) -> dict[str, Any]:
-    script = RESULTS_DIR / "charge.pgbench.sql"
-    script.write_text(PGBENCH_SCRIPT.format(accounts=args.accounts))
+    """The charge's SQL under pgbench, and the same without the holds read, alternated three
+    times; medians."""
+    runs: dict[str, list[tuple[float, float]]] = {"charge": [], "without_holds_read": []}
+    for _ in range(3):
+        for name, text_ in (
+            ("charge", PGBENCH_SCRIPT),
+            ("without_holds_read", PGBENCH_WITHOUT_HOLDS),
+        ):
+            runs[name].append(_pgbench_once(url, args, name, text_))
+    out: dict[str, Any] = {"clients": args.concurrency}
+    for name, results in runs.items():
+        key = "" if name == "charge" else f"{name}_"
+        out[f"{key}tps"] = statistics.median(tps for tps, _ in results)
+        out[f"{key}latency_ms"] = statistics.median(ms for _, ms in results)
+    return out
+
+
+def _pgbench_once(url: str, args: argparse.Namespace, name: str, text_: str) -> tuple[float, float]:
+    script = RESULTS_DIR / f"{name}.pgbench.sql"
+    script.write_text(text_.format(accounts=args.accounts))
     parsed = make_url(url)
     cmd = [
         "pgbench", "-n", "-h", parsed.host or "127.0.0.1", "-p", str(parsed.port or 5432),
@@ -357,7 +381,7 @@ def _pgbench(url: str, args: argparse.Namespace) -> dict[str, Any]:
         for line in out.splitlines()
         if line.startswith("latency average")
     )
-    return {"clients": args.concurrency, "tps": tps, "latency_ms": latency}
+    return tps, latency
 
 
 def chart(results: dict[str, Any], path: Path) -> None:
@@ -513,7 +537,9 @@ def table(results: dict[str, Any]) -> str:
             " connection's first, which prepares its statements),"
             f" {r['statements_per_charge']:.2f}"
             f" statements; the charge's SQL alone under pgbench ({r['pgbench']['clients']}"
-            f" clients): {r['pgbench']['tps']:.0f} tps, {r['pgbench']['latency_ms']:.2f} ms"
+            f" clients): {r['pgbench']['tps']:.0f} tps, {r['pgbench']['latency_ms']:.2f} ms;"
+            f" without the holds read {r['pgbench']['without_holds_read_tps']:.0f} tps:"
+            f" x{r['pgbench']['tps'] / r['pgbench']['without_holds_read_tps']:.2f}"
         )
     return "\n".join(lines)
 
