@@ -47,6 +47,18 @@ class Locked:
     stored: StoredOutcome | None
 
 
+# The billing_holds columns a HoldRow is read from, in its fields' order.
+HOLD_COLUMNS = (
+    "idempotency_key",
+    "operation",
+    "source",
+    "amount",
+    "created_at",
+    "expires_at",
+    "status",
+    "captured",
+)
+
 # balance_credits, subscription_ops_used, freemium_actions_used: an account's counters.
 Counters = tuple[int, int, int]
 

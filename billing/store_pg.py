@@ -31,6 +31,7 @@ import psycopg
 from psycopg import ClientCursor
 from psycopg.pq import TransactionStatus
 
+from billing import store
 from billing.rules import ACCOUNT_COLUMNS, AccountRow, HoldRow
 from billing.settlement import SETTLE_PREFIX
 from billing.store import (
@@ -47,9 +48,7 @@ from models import HoldStatus, LedgerSource, Operation
 
 COLUMNS = list(ACCOUNT_COLUMNS)
 WRITABLE = [c for c in COLUMNS if c not in ("id", "role")]
-HOLD_COLUMNS = (
-    "idempotency_key, operation, source, amount, created_at, expires_at, status, captured"
-)
+HOLD_COLUMNS = ", ".join(store.HOLD_COLUMNS)
 
 
 class Prepared:

@@ -15,6 +15,7 @@ from sqlalchemy import Column, Connection, Table, func, or_, select, union_all, 
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 
+from billing import store
 from billing.rules import ACCOUNT_COLUMNS, AccountRow, HoldRow
 from billing.settlement import SETTLE_PREFIX
 from billing.store import ChargeRow, Entry, KeyRaced, Locked, StoredOutcome, Writes, counters
@@ -26,19 +27,7 @@ OUTCOMES = BillingRequest.__table__
 RESETS = AllowanceReset.__table__
 HOLDS = Hold.__table__
 COLUMNS = [USERS.c[name] for name in ACCOUNT_COLUMNS]
-HOLD_COLUMNS = [
-    HOLDS.c[name]
-    for name in (
-        "idempotency_key",
-        "operation",
-        "source",
-        "amount",
-        "created_at",
-        "expires_at",
-        "status",
-        "captured",
-    )
-]
+HOLD_COLUMNS = [HOLDS.c[name] for name in store.HOLD_COLUMNS]
 
 
 def insert_unless_exists(conn: Connection, table: Table) -> Insert:
