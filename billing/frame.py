@@ -151,14 +151,9 @@ def _run(store: Store, movement: Movement, settings: Settings) -> results.Result
     remembered = None
     if movement.key is not None:
         remembered = StoredOutcome(account.id, movement.operation, decision.cost, decision.outcome)
+    changed = account != before
     ledger_id = store.write(
-        dataclasses.replace(
-            writes_for(account.id, movement.key, now, account, account != before, update),
-            holds=update.holds + decision.holds,
-            entries=update.entries + decision.entries,
-            entry=decision.entry,
-            outcome=remembered,
-        )
+        writes_for(account.id, movement.key, now, account, changed, update, decision, remembered)
     )
     if decision.entry is None:
         return decision.outcome
@@ -172,8 +167,13 @@ def writes_for(
     account: AccountRow | None,
     changed: bool,
     update: Update,
+    decision: Decision | None = None,
+    outcome: StoredOutcome | None = None,
 ) -> Writes:
-    """What bringing the account up to date writes; a movement adds its own to it."""
+    """What bringing the account up to date writes, then what the movement decided."""
+    holds, entries, entry = update.holds, update.entries, None
+    if decision is not None:
+        holds, entries, entry = holds + decision.holds, entries + decision.entries, decision.entry
     return Writes(
         user_id,
         key,
@@ -181,8 +181,10 @@ def writes_for(
         account=account,
         changed=changed,
         resets=update.resets,
-        holds=update.holds,
-        entries=update.entries,
+        holds=holds,
+        entries=entries,
+        entry=entry,
+        outcome=outcome,
     )
 
 

@@ -194,7 +194,9 @@ def hold_not_found(key: str) -> results.Result:
     )
 
 
-def _settle(store: Store, key: str, movement: type[_Settle], args: Any, settings: Settings):
+def _settle(
+    store: Store, key: str, movement: type[_Settle], args: Any, settings: Settings
+) -> results.Result:
     # The hold's account never changes, so it is found without a lock; the frame then locks
     # that account and reads the hold again. A 404 is not remembered: the capture or release
     # may have overtaken its reserve, and can be sent again.
