@@ -65,4 +65,20 @@ beat_schedule = {
         "schedule": _settings.hold_sweep_seconds,
         "options": {"expires": _settings.hold_sweep_seconds},
     },
+    # The relay's safety net: events a crash left unpublished after their commit.
+    "publish-events": {
+        "task": "billing.publish_events",
+        "schedule": _settings.events_sweep_seconds,
+        "options": {"expires": _settings.events_sweep_seconds},
+    },
+    "announce-subscriptions": {
+        "task": "billing.announce_subscriptions",
+        "schedule": _settings.subscription_sweep_seconds,
+        "options": {"expires": _settings.subscription_sweep_seconds},
+    },
+    "prune-events": {
+        "task": "billing.prune_events",
+        "schedule": 3600.0,
+        "options": {"expires": 3600.0},
+    },
 }

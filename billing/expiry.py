@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from billing import frame, rules
+from billing import events, frame, rules
 from billing.settings import Settings
 from billing.store_sql import SqlStore
 from models import HoldStatus
@@ -25,7 +25,7 @@ BATCH = 500
 
 
 def expire_holds(engine: Engine, settings: Settings, batch: int = BATCH) -> dict[str, Any]:
-    totals = {"expired": 0, "accounts": 0, "batches": 0}
+    totals = {"expired": 0, "accounts": 0, "batches": 0, "events": 0}
     after = 0
     with engine.connect() as conn:
         store = SqlStore(conn)
@@ -37,9 +37,13 @@ def expire_holds(engine: Engine, settings: Settings, batch: int = BATCH) -> dict
                     now = rules.effective_now(account, clock)
                     update = frame.bring_up_to_date(account, now, settings)
                     changed = account != before
+                    found = events.detect(account, now, settings, entries=update.entries)
                     store.write_rows(
-                        frame.writes_for(account.id, None, now, account, changed, update)
+                        frame.writes_for(
+                            account.id, None, now, account, changed, update, events=found
+                        )
                     )
+                    totals["events"] += len(found)
                     totals["expired"] += sum(
                         1 for change in update.holds if change.hold.status == HoldStatus.EXPIRED
                     )

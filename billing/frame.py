@@ -12,9 +12,10 @@
    else 409, whatever flags, costs and tiers are configured now: they apply to new keys only.
 4. A new key: the movement's rules decide (``Movement.decide``); a refusal (a 422, a disabled
    flag) writes nothing and is not remembered.
-5. The store writes the account, the reset records, the ledger row and the remembered outcome,
-   and commits, in one transaction. A key a concurrent transaction committed first meets the
-   unique index: KeyRaced, and the caller runs the frame again, which then replays.
+5. The store writes the account, the reset records, the ledger row, the events the movement
+   crossed (``billing.events``) and the remembered outcome, and commits, in one transaction.
+   A key a concurrent transaction committed first meets the unique index: KeyRaced, and the
+   caller runs the frame again, which then replays.
 
 A movement is a small object: its key, user, fingerprint and rules. The stores are the only
 place that knows SQL (``billing.store``).
@@ -25,10 +26,10 @@ from __future__ import annotations
 import dataclasses
 from datetime import datetime
 
-from billing import results, rules, settlement
+from billing import events, results, rules, settlement
 from billing.rules import AccountRow, Restored
 from billing.settings import Settings
-from billing.store import Entry, HoldChange, Store, StoredOutcome, Writes
+from billing.store import Entry, Event, HoldChange, Store, StoredOutcome, Writes
 
 BALANCE_LIMIT = "balance_limit"
 
@@ -129,7 +130,11 @@ def _run(store: Store, movement: Movement, settings: Settings) -> results.Result
         # Answered from the outcome alone; a due reset or expiry is still stored, as every
         # read does (unless a flag is off: then nothing is written).
         if (changed or update.holds) and movement.enabled(settings) is None:
-            store.write(writes_for(movement.user_id, None, now, account, changed, update))
+            assert account is not None
+            found = events.detect(account, now, settings, entries=update.entries)
+            store.write(
+                writes_for(movement.user_id, None, now, account, changed, update, events=found)
+            )
         return replay(locked.stored, movement)
     refusal = movement.enabled(settings)
     if refusal is not None:
@@ -137,6 +142,7 @@ def _run(store: Store, movement: Movement, settings: Settings) -> results.Result
     if account is None:
         return _remember_not_found(store, movement, now, settings)
 
+    before_rules = events.levels(account, now)
     decision = movement.decide(account, now, settings)
     # Credits an open hold keeps come back to the balance when it is released or expires,
     # so they count against the ceiling as if they were there.
@@ -152,8 +158,13 @@ def _run(store: Store, movement: Movement, settings: Settings) -> results.Result
     if movement.key is not None:
         remembered = StoredOutcome(account.id, movement.operation, decision.cost, decision.outcome)
     changed = account != before
+    found = events.detect(
+        account, now, settings, key=movement.key, before=before_rules, entries=update.entries
+    )
     ledger_id = store.write(
-        writes_for(account.id, movement.key, now, account, changed, update, decision, remembered)
+        writes_for(
+            account.id, movement.key, now, account, changed, update, decision, remembered, found
+        )
     )
     if decision.entry is None:
         return decision.outcome
@@ -169,8 +180,10 @@ def writes_for(
     update: Update,
     decision: Decision | None = None,
     outcome: StoredOutcome | None = None,
+    events: list[Event] | None = None,
 ) -> Writes:
-    """What bringing the account up to date writes, then what the movement decided."""
+    """What bringing the account up to date writes, then what the movement decided, and the
+    events of both."""
     holds, entries, entry = update.holds, update.entries, None
     if decision is not None:
         holds, entries, entry = holds + decision.holds, entries + decision.entries, decision.entry
@@ -185,6 +198,7 @@ def writes_for(
         entries=entries,
         entry=entry,
         outcome=outcome,
+        events=events or [],
     )
 
 

@@ -42,6 +42,19 @@ class Settings(BaseSettings):
     # movement on an account expires its due holds first anyway.
     hold_ttl_seconds: int = Field(default=900, ge=1, le=86_400)
     hold_sweep_seconds: float = Field(default=30.0, gt=0)
+    # Balance events (the outbox, ``billing.events``): recorded with the movement that caused
+    # them, published as Celery task messages named events_task to events_queue right after
+    # the commit; the beat's relay sweep publishes what a crash left behind, announces
+    # subscriptions about to end and ended, and removes published events after the retention.
+    events_enabled: bool = True
+    events_queue: str = Field(default="billing-events", min_length=1)
+    events_task: str = Field(default="billing_events.account_event", min_length=1)
+    # credits.low fires when the balance falls below this; None: one generation's cost.
+    low_credits_threshold: int | None = Field(default=None, ge=0)
+    expiry_notice_days: float = Field(default=3.0, gt=0)
+    events_retention_days: float = Field(default=7.0, gt=0)
+    events_sweep_seconds: float = Field(default=5.0, gt=0)
+    subscription_sweep_seconds: float = Field(default=60.0, gt=0)
     # Bounds on how long one worker can hold or wait for an account's row lock (PostgreSQL
     # session settings of every worker connection, in milliseconds; 0 turns one off). A
     # worker frozen between a movement's two round trips loses its session, and its lock, after
@@ -84,6 +97,12 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError(f"BILLING_TIER_ALIASES point at unknown tiers: {unknown}")
         return self
+
+    @property
+    def low_credits(self) -> int:
+        if self.low_credits_threshold is not None:
+            return self.low_credits_threshold
+        return self.generation_cost
 
     @property
     def embedded(self) -> bool:

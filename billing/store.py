@@ -10,6 +10,7 @@ transaction.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from typing import Any, Protocol
 from sqlalchemy import Engine
 
 from billing.rules import AccountRow, HoldRow, Restored
-from models import EntryType, LedgerSource, Operation
+from models import EntryType, EventType, LedgerSource, Operation
 
 
 class KeyRaced(Exception):
@@ -92,13 +93,26 @@ class HoldChange:
 
 
 @dataclass(frozen=True)
+class Event:
+    """An outbox row (``billing.events``); its account and time are those of the writes."""
+
+    event_id: uuid.UUID
+    type: EventType
+    data: dict[str, Any]
+    subject_at: datetime | None = None
+    # Retention keeps the row at least until then (``models.Event.kept_until``).
+    kept_until: datetime | None = None
+
+
+@dataclass(frozen=True)
 class Writes:
     """Everything one movement writes, in one transaction, then COMMIT.
 
     ``account`` is the locked account as the frame left it (its row is updated when
     ``changed``; a ledger entry takes its counters from it); ``holds`` are inserted or
-    settled, and ``entries`` written, before the movement's own ``entry``; ``outcome`` is
-    remembered under ``key``, with ``ledger_id`` (the id of ``entry``) added when there is one.
+    settled, and ``entries`` written, before the movement's own ``entry``; ``events`` go to
+    the outbox (an event whose id is there already is skipped); ``outcome`` is remembered
+    under ``key``, with ``ledger_id`` (the id of ``entry``) added when there is one.
     """
 
     user_id: int
@@ -111,6 +125,7 @@ class Writes:
     entries: list[Entry] = field(default_factory=list)
     entry: Entry | None = None
     outcome: StoredOutcome | None = None
+    events: list[Event] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -127,13 +142,17 @@ class ChargeRow:
 
 
 class Store(Protocol):
+    # The accounts this store committed events for: the relay publishes theirs next.
+    event_accounts: set[int]
+
     def lock(self, user_id: int, key: str | None, hold_key: str | None = None) -> Locked:
         """Begin; lock the account's row and read it, its open holds (and the hold
         ``hold_key``, open or not) and the clock; look the key up."""
 
     def write(self, writes: Writes) -> int | None:
         """Write and COMMIT; the ledger id of the entry, if any. Raises KeyRaced when the key
-        was committed by a concurrent transaction (this one is then rolled back)."""
+        was committed by a concurrent transaction (this one is then rolled back). An account
+        with events committed joins ``event_accounts``."""
 
     def rollback(self) -> None:
         """End an open transaction without writing; nothing when none is open."""

@@ -145,6 +145,15 @@ SETTLE_HOLD = Prepared(
     "UPDATE billing_holds SET status = %(status)s::hold_status_enum, settled_at = %(at)s,"
     " captured = %(captured)s::integer WHERE idempotency_key = %(hold_key)s AND status = 'held'",
 )
+# An event whose id is recorded already is the same crossing: nothing more to record.
+RECORD_EVENT = Prepared(
+    "billing_record_event",
+    "INSERT INTO billing_events (event_id, type, user_id, occurred_at, subject_at, data,"
+    " kept_until) VALUES (%(event_id)s::uuid, %(event_type)s::billing_event_type_enum,"
+    " %(user_id)s, %(at)s, %(subject_at)s::timestamptz, %(data)s::jsonb,"
+    " %(kept_until)s::timestamptz) ON CONFLICT (event_id) DO NOTHING",
+)
+EVENT_PARAMS = ("event_id", "event_type", "subject_at", "data", "kept_until")
 STATEMENTS = (
     LOCK_ACCOUNT,
     READ_AFTER_LOCK,
@@ -155,6 +164,7 @@ STATEMENTS = (
     REMEMBER,
     INSERT_HOLD,
     SETTLE_HOLD,
+    RECORD_EVENT,
 )
 READ_LOCKED = ("BEGIN; " + LOCK_ACCOUNT.call() + READ_AFTER_LOCK.call()).removesuffix("; ")
 
@@ -188,6 +198,7 @@ class PgStore:
     def __init__(self, conn: psycopg.Connection) -> None:
         self.conn = conn
         self._cur = ClientCursor(conn)
+        self.event_accounts: set[int] = set()
 
     def lock(self, user_id: int, key: str | None, hold_key: str | None = None) -> Locked:
         prepare(self.conn)
@@ -251,6 +262,18 @@ class PgStore:
             sql += RECORD_ENTRY.call(prefix, ENTRY_PARAMS)
             own = _entry_params(extra, writes.key, defaults)
             params.update({prefix + name: value for name, value in own.items()})
+        # Before the outcome: a failure there undoes the events with the movement.
+        for number, event in enumerate(writes.events):
+            prefix = f"v{number}_"
+            sql += RECORD_EVENT.call(prefix, EVENT_PARAMS)
+            own = {
+                "event_id": str(event.event_id),
+                "event_type": str(event.type),
+                "subject_at": event.subject_at,
+                "data": json.dumps(event.data),
+                "kept_until": event.kept_until,
+            }
+            params.update({prefix + name: value for name, value in own.items()})
         if outcome is not None:
             params.update(
                 operation=outcome.operation,
@@ -263,7 +286,10 @@ class PgStore:
                 assert account is not None, "a ledger row belongs to an account"
                 sql += RECORD_MOVEMENT.call()
                 params.update(_entry_params(entry, writes.key, defaults))
-        return self._commit(sql, params)
+        ledger_id = self._commit(sql, params)
+        if writes.events:
+            self.event_accounts.add(writes.user_id)
+        return ledger_id
 
     def _commit(self, sql: str, params: dict[str, Any]) -> Any:
         """Run the writes and COMMIT in one round trip; the last result set's first value."""

@@ -19,13 +19,23 @@ from billing import store
 from billing.rules import ACCOUNT_COLUMNS, AccountRow, HoldRow
 from billing.settlement import SETTLE_PREFIX
 from billing.store import ChargeRow, Entry, KeyRaced, Locked, StoredOutcome, Writes, counters
-from models import AllowanceReset, BillingRequest, EntryType, Hold, HoldStatus, LedgerEntry, User
+from models import (
+    AllowanceReset,
+    BillingRequest,
+    EntryType,
+    Event,
+    Hold,
+    HoldStatus,
+    LedgerEntry,
+    User,
+)
 
 USERS = User.__table__
 LEDGER = LedgerEntry.__table__
 OUTCOMES = BillingRequest.__table__
 RESETS = AllowanceReset.__table__
 HOLDS = Hold.__table__
+EVENTS = Event.__table__
 COLUMNS = [USERS.c[name] for name in ACCOUNT_COLUMNS]
 HOLD_COLUMNS = [HOLDS.c[name] for name in store.HOLD_COLUMNS]
 
@@ -39,6 +49,7 @@ def insert_unless_exists(conn: Connection, table: Table) -> Insert:
 class SqlStore:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
+        self.event_accounts: set[int] = set()
 
     def _now(self) -> datetime:
         if self.conn.dialect.name == "postgresql":  # the expiry sweep: one clock with the frame
@@ -103,6 +114,8 @@ class SqlStore:
     def write(self, writes: Writes) -> int | None:
         ledger_id = self.write_rows(writes)
         self.conn.commit()
+        if writes.events:
+            self.event_accounts.add(writes.user_id)
         return ledger_id
 
     def write_rows(self, writes: Writes) -> int | None:
@@ -143,6 +156,18 @@ class SqlStore:
                 )
         for extra in writes.entries:
             self._insert_entry(writes, extra)
+        for event in writes.events:
+            conn.execute(
+                insert_unless_exists(conn, EVENTS).values(
+                    event_id=event.event_id,
+                    type=event.type,
+                    user_id=writes.user_id,
+                    occurred_at=writes.at,
+                    subject_at=event.subject_at,
+                    data=event.data,
+                    kept_until=event.kept_until,
+                )
+            )
         ledger_id = None
         if entry is not None:
             ledger_id = self._insert_entry(writes, entry)

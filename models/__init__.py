@@ -2,7 +2,16 @@
 
 from models.allowance_reset import AllowanceReset
 from models.base import Base
-from models.enums import HOLD_ENTRY_TYPES, EntryType, HoldStatus, LedgerSource, Operation, UserRole
+from models.enums import (
+    HOLD_ENTRY_TYPES,
+    EntryType,
+    EventType,
+    HoldStatus,
+    LedgerSource,
+    Operation,
+    UserRole,
+)
+from models.event import Event
 from models.hold import Hold
 from models.ledger import LedgerEntry
 from models.request import BillingRequest
@@ -14,6 +23,8 @@ __all__ = [
     "Base",
     "BillingRequest",
     "EntryType",
+    "Event",
+    "EventType",
     "Hold",
     "HoldStatus",
     "LedgerEntry",

@@ -34,6 +34,18 @@ class HoldStatus(enum.StrEnum):
     EXPIRED = "expired"
 
 
+class EventType(enum.StrEnum):
+    """What the product hears about an account (``billing_events``, the outbox)."""
+
+    CREDITS_LOW = "credits.low"
+    CREDITS_DEPLETED = "credits.depleted"
+    FREEMIUM_EXHAUSTED = "freemium.exhausted"
+    SUBSCRIPTION_EXHAUSTED = "subscription.exhausted"
+    SUBSCRIPTION_EXPIRING = "subscription.expiring"
+    SUBSCRIPTION_EXPIRED = "subscription.expired"
+    HOLD_EXPIRED = "hold.expired"
+
+
 class LedgerSource(enum.StrEnum):
     SUBSCRIPTION = "subscription"
     FREEMIUM = "freemium"
@@ -62,3 +74,4 @@ ledger_entry_type_enum = pg_enum(EntryType, "ledger_entry_type_enum")
 ledger_source_enum = pg_enum(LedgerSource, "ledger_source_enum")
 ledger_operation_enum = pg_enum(Operation, "ledger_operation_enum")
 hold_status_enum = pg_enum(HoldStatus, "hold_status_enum")
+event_type_enum = pg_enum(EventType, "billing_event_type_enum")

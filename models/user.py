@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, DateTime, Integer, Text, func, text
+from sqlalchemy import CheckConstraint, DateTime, Index, Integer, Text, func, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, BigId
@@ -19,6 +19,13 @@ class User(Base):
         CheckConstraint("subscription_ops_used >= 0", name="subscription_ops_used_non_negative"),
         CheckConstraint("subscription_ops_limit >= 0", name="subscription_ops_limit_non_negative"),
         CheckConstraint("freemium_actions_used >= 0", name="freemium_actions_used_non_negative"),
+        # The subscriptions about to end or just ended (the events' subscription sweep).
+        Index(
+            "ix_users_subscription_end",
+            "subscription_end",
+            postgresql_where=text("subscription_end IS NOT NULL"),
+            sqlite_where=text("subscription_end IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)

@@ -20,6 +20,7 @@ from billing.db import transaction
 from billing.settings import Settings, get_settings
 from billing.store import KeyRaced, Store
 from billing.validation import InvalidRequest, _Args
+from worker import events
 from worker.db import get_engine, get_session_factory
 
 logger = logging.getLogger("billing.outcomes")
@@ -85,7 +86,11 @@ class BillingTask(Task):
         handler: Callable[[Store, A, Settings], results.Result], parsed: A, settings: Settings
     ) -> results.Result:
         with store.connect(get_engine()) as conn:
-            return handler(conn, parsed, settings)
+            outcome = handler(conn, parsed, settings)
+        if conn.event_accounts:
+            # After the commit, on a connection of its own; the beat's sweep is the safety net.
+            events.publish_after_commit(conn.event_accounts)
+        return outcome
 
     def execute_read(
         self,

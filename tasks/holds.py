@@ -10,6 +10,7 @@ from models import Operation
 from tasks import names
 from tasks.base import BillingTask
 from tasks.lifecycle import SWEEP_TIME_LIMIT, NoArgs
+from worker import events
 from worker.app import app
 
 
@@ -82,9 +83,10 @@ def release(
 
 @app.task(bind=True, base=BillingTask, name=names.EXPIRE_HOLDS, time_limit=SWEEP_TIME_LIMIT)
 def expire_holds(self: BillingTask, *args: Any, **unknown: Any) -> results.Result:
-    return self.execute_batched(
-        NoArgs,
-        args,
-        unknown,
-        lambda factory, _parsed, settings: expiry.expire_holds(factory.kw["bind"], settings),
-    )
+    def expire(factory: Any, _parsed: Any, settings: Any) -> dict[str, Any]:
+        totals: dict[str, Any] = expiry.expire_holds(factory.kw["bind"], settings)
+        if totals["events"]:
+            totals["published"] = events.publish_after_commit(None)
+        return totals
+
+    return self.execute_batched(NoArgs, args, unknown, expire)

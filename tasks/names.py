@@ -2,6 +2,7 @@
 
 from billing_client.names import (
     ACTIVATE_SUBSCRIPTION,
+    ANNOUNCE_SUBSCRIPTIONS,
     AUDIT,
     CAPTURE,
     CHARGE_ASSISTANT,
@@ -10,6 +11,8 @@ from billing_client.names import (
     GET_LEDGER,
     GET_STATE,
     GRANT_CREDITS,
+    PRUNE_EVENTS,
+    PUBLISH_EVENTS,
     REFUND,
     RELEASE,
     RESERVE_ASSISTANT,
@@ -20,6 +23,7 @@ from billing_client.names import (
 
 __all__ = [
     "ACTIVATE_SUBSCRIPTION",
+    "ANNOUNCE_SUBSCRIPTIONS",
     "AUDIT",
     "CAPTURE",
     "CHARGE_ASSISTANT",
@@ -28,6 +32,8 @@ __all__ = [
     "GET_LEDGER",
     "GET_STATE",
     "GRANT_CREDITS",
+    "PRUNE_EVENTS",
+    "PUBLISH_EVENTS",
     "REFUND",
     "RELEASE",
     "RESERVE_ASSISTANT",

@@ -7,6 +7,10 @@ from tests.services import configure_environment
 configure_environment()
 
 # ruff: noqa: E402  (the environment must be set before the app reads its settings)
+import json
+import sys
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,8 +23,10 @@ from sqlalchemy.orm import Session
 
 from billing import migrate
 from billing.settings import get_settings, reload_settings
+from cli import processes
 from models import User, UserRole
 from tests import db
+from tests.procs import LOG_DIR
 from tests.services import REDIS_URL, TEST_DATABASE, database_url
 from worker import app
 from worker import db as worker_db
@@ -56,6 +62,65 @@ def celery_worker(database: str) -> Iterator[Any]:
     ) as worker:
         yield worker
     worker_db.reset_engine()
+
+
+RECEIVED_KEY = "billing-test:received"
+
+
+class Consumer:
+    """The product's consumer (``tests.consumer``), a real ``celery worker`` of its own on the
+    events queue: what it received, in order, duplicates included."""
+
+    def __init__(self, redis_url: str = REDIS_URL, key: str = RECEIVED_KEY) -> None:
+        self.queue = get_settings().events_queue
+        self.redis = redis.Redis.from_url(redis_url)
+        self.key = key
+
+    def received(self) -> list[dict[str, Any]]:
+        return [json.loads(item) for item in self.redis.lrange(self.key, 0, -1)]
+
+    def clear(self) -> None:
+        self.redis.delete(self.key)
+
+    def idle(self, quiet: float = 0.5, timeout: float = 30) -> list[dict[str, Any]]:
+        """What was received, once the queue is empty and nothing came for ``quiet`` s."""
+        deadline = time.monotonic() + timeout
+        seen, since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            count = self.redis.llen(self.key)
+            if self.redis.llen(self.queue) or count != seen:
+                seen, since = count, time.monotonic()
+            elif time.monotonic() - since >= quiet:
+                return self.received()
+            time.sleep(0.05)
+        raise AssertionError(f"the events queue did not settle: {self.redis.llen(self.queue)}")
+
+    def of(self, user_id: int) -> list[dict[str, Any]]:
+        return [event for event in self.idle() if event["user_id"] == user_id]
+
+
+@pytest.fixture(scope="session")
+def _consumer_process(celery_worker: Any) -> Iterator[Consumer]:
+    hostname = f"consumer-{uuid.uuid4().hex[:8]}@%h"
+    cmd = [
+        sys.executable, "-m", "celery", "-A", "tests.consumer", "worker", "-P", "solo",
+        "-c", "1", "-n", hostname, "--without-gossip", "--without-mingle",
+        "--without-heartbeat", "--loglevel", "WARNING",
+    ]  # fmt: skip
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    log = LOG_DIR / f"{hostname.split('@')[0]}.log"
+    env = {"BILLING_TEST_RECEIVED_KEY": RECEIVED_KEY}
+    with processes.running(cmd, log, env) as proc:
+        processes.wait_for_worker(app, proc, processes.node_name(hostname))
+        yield Consumer()
+
+
+@pytest.fixture
+def consumer(_consumer_process: Consumer) -> Consumer:
+    """The product's consumer, with nothing received yet in this test."""
+    _consumer_process.idle()
+    _consumer_process.clear()
+    return _consumer_process
 
 
 @pytest.fixture(autouse=True)
@@ -140,6 +205,15 @@ class Worker:
 
     def expire_holds(self) -> dict[str, Any]:
         return self.call("billing.expire_holds")
+
+    def publish_events(self) -> dict[str, Any]:
+        return self.call("billing.publish_events")
+
+    def announce_subscriptions(self) -> dict[str, Any]:
+        return self.call("billing.announce_subscriptions")
+
+    def prune_events(self) -> dict[str, Any]:
+        return self.call("billing.prune_events")
 
     def reset_due_limits(self) -> dict[str, Any]:
         return self.call("billing.reset_due_limits")
@@ -252,6 +326,11 @@ def ledger_rows(engine: Engine, user_id: int | None = None) -> list[Any]:
     return _rows(engine, "credits_ledger", "id", user_id)
 
 
+def event_rows(engine: Engine, user_id: int | None = None) -> list[Any]:
+    """The outbox, in the order the events were recorded."""
+    return _rows(engine, "billing_events", "id", user_id)
+
+
 def hold_rows(engine: Engine, user_id: int | None = None) -> list[Any]:
     return _rows(engine, "billing_holds", "created_at, idempotency_key", user_id)
 
@@ -290,6 +369,14 @@ def shift_clock(engine: Engine, days: float, user_ids: list[int] | None = None) 
             text(
                 "UPDATE allowance_resets SET period_start = period_start - :d,"
                 f" recorded_at = recorded_at - :d {where_ledger}"
+            ),
+            params,
+        )
+        conn.execute(
+            text(
+                "UPDATE billing_events SET occurred_at = occurred_at - :d,"
+                " subject_at = subject_at - :d, published_at = published_at - :d,"
+                f" kept_until = kept_until - :d {where_ledger}"
             ),
             params,
         )

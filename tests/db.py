@@ -6,7 +6,14 @@ from sqlalchemy import create_engine, text
 
 from tests.services import ADMIN_DATABASE_URL
 
-TABLES = ("allowance_resets", "billing_holds", "billing_requests", "credits_ledger", "users")
+TABLES = (
+    "allowance_resets",
+    "billing_events",
+    "billing_holds",
+    "billing_requests",
+    "credits_ledger",
+    "users",
+)
 
 
 def recreate_database(name: str) -> None:

@@ -1,7 +1,8 @@
 from celery import Celery
 
 app = Celery(
-    "billing", include=["tasks.charges", "tasks.holds", "tasks.queries", "tasks.lifecycle"]
+    "billing",
+    include=["tasks.charges", "tasks.holds", "tasks.queries", "tasks.lifecycle", "tasks.events"],
 )
 app.config_from_object("celeryconfig")
 

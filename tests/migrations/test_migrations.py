@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -16,7 +17,14 @@ from tests.db import recreate_database
 from tests.services import database_url
 
 SCRATCH = "billing_migrations_test"
-TABLES = {"users", "credits_ledger", "billing_requests", "allowance_resets", "billing_holds"}
+TABLES = {
+    "users",
+    "credits_ledger",
+    "billing_requests",
+    "allowance_resets",
+    "billing_holds",
+    "billing_events",
+}
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ENUMS = {
     "user_role_enum",
@@ -24,6 +32,7 @@ ENUMS = {
     "ledger_source_enum",
     "ledger_operation_enum",
     "hold_status_enum",
+    "billing_event_type_enum",
 }
 
 
@@ -203,6 +212,7 @@ def test_0004_downgrade_refuses_while_holds_exist(backend, request, tmp_path):
                         {"t": entry_type, "k": f"x-{entry_type}", "h": hold_key},
                     )
 
+        migrate.downgrade(url, "0004_holds")  # no events: nothing to refuse
         with pytest.raises(RuntimeError, match="billing_holds holds 1 holds"):
             migrate.downgrade(url, "0003_allowance_resets")
         assert "billing_holds" in inspect(engine).get_table_names()
@@ -213,5 +223,47 @@ def test_0004_downgrade_refuses_while_holds_exist(backend, request, tmp_path):
         migrate.downgrade(url, "0003_allowance_resets")
         assert "billing_holds" not in inspect(engine).get_table_names()
         migrate.upgrade(url)
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_0005_downgrade_refuses_while_events_are_unpublished(backend, request, tmp_path):
+    if backend == "postgresql":
+        url = request.getfixturevalue("scratch_url")
+    else:
+        url = f"sqlite:///{tmp_path / 'billing.sqlite'}"
+    migrate.upgrade(url)
+    engine = create_engine(url)
+    insert = text(
+        "INSERT INTO billing_events (event_id, type, user_id, occurred_at, data, published_at)"
+        " VALUES (:id, 'credits.low', 7, :at, '{}', :published)"
+    )
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO users (id) VALUES (7)"))
+            now = datetime.now(UTC)
+            conn.execute(insert, {"id": uuid.uuid4().hex, "at": now, "published": now})
+            conn.execute(insert, {"id": uuid.uuid4().hex, "at": now, "published": None})
+            # One row per event id: the database keeps a crossing to one event.
+            with pytest.raises(Exception, match="event_id"), conn.begin_nested():
+                row = conn.execute(text("SELECT event_id FROM billing_events")).first()
+                conn.execute(insert, {"id": row[0], "at": now, "published": None})
+
+        with pytest.raises(RuntimeError, match="1 unpublished events"):
+            migrate.downgrade(url, "0004_holds")
+        assert "billing_events" in inspect(engine).get_table_names()
+
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE billing_events SET published_at = :at"), {"at": now})
+        migrate.downgrade(url, "0004_holds")
+        assert "billing_events" not in inspect(engine).get_table_names()
+        assert "ix_users_subscription_end" not in {
+            index["name"] for index in inspect(engine).get_indexes("users")
+        }
+        migrate.upgrade(url)
+        assert "ix_users_subscription_end" in {
+            index["name"] for index in inspect(engine).get_indexes("users")
+        }
     finally:
         engine.dispose()

@@ -1,0 +1,61 @@
+"""The relay's Celery side: events go out as task messages the product's own app receives.
+
+Each event is a message for the task ``BILLING_EVENTS_TASK`` on ``BILLING_EVENTS_QUEUE``, its
+fields as keyword arguments and its ``event_id`` as the message's task id, on the broker the
+billing tasks use. A product defines one task with that name; it needs nothing of ours.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Collection, Sequence
+from datetime import UTC, datetime
+
+from billing import outbox
+from billing.settings import get_settings
+from worker.app import app
+from worker.db import get_engine
+
+logger = logging.getLogger("billing.events")
+if not logger.handlers:
+    # As the outcome lines (tasks.base): one JSON object per line on the real stderr.
+    _handler = logging.StreamHandler(sys.__stderr__)
+    _handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(_handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+def publish(messages: Sequence[outbox.Message]) -> None:
+    """Send the messages in order on one broker connection; raises if the broker refuses."""
+    settings = get_settings()
+    with app.producer_or_acquire() as producer:
+        for event in messages:
+            app.send_task(
+                settings.events_task,
+                kwargs=event,
+                queue=settings.events_queue,
+                task_id=event["event_id"],
+                producer=producer,
+                ignore_result=True,
+            )
+
+
+def publish_after_commit(user_ids: Collection[int] | None) -> int:
+    """Publish the accounts' unpublished events right after the movement's commit; None: every
+    account's. A failure (the broker away) is logged and left to the beat's relay sweep: the
+    movement committed and its events are safe in the outbox."""
+    try:
+        return outbox.publish_pending(get_engine(), publish, user_ids=user_ids)["published"]
+    except Exception as exc:  # the movement is done; the sweep publishes later
+        line = {
+            "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "level": "warning",
+            "event": "billing.events.unpublished",
+            "accounts": sorted(user_ids) if user_ids is not None else "all",
+            "error": f"{type(exc).__name__}: {exc}"[:500],
+        }
+        logger.warning(json.dumps(line))
+        return 0
