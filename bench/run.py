@@ -23,7 +23,9 @@ Scenarios (each throughput figure is the median of --repeat runs, with its min-m
 6. ledger reads: the first page and a page 1,000 deep of a user with many rows;
 7. database work per charge: statements, round trips and transactions per charge, and the
    charge's SQL alone under pgbench, the database's own limit for it;
-8. where the CPU goes: machine CPU per task of each process (producer, worker parent, pool
+8. balance events: the same crossing charges with events on and off, and the delay from a
+   movement to its events on the queue (bench.events);
+9. where the CPU goes: machine CPU per task of each process (producer, worker parent, pool
    children, Redis, PostgreSQL) for the no-op, the charge frame (a charge without the
    database: bench.charge_frame) and the charge, so the gap to the floor can be apportioned.
 """
@@ -468,7 +470,18 @@ def cpu_lines(cpu: dict[str, dict[str, float]]) -> list[str]:
 
 
 def table(results: dict[str, Any]) -> str:
-    t = results["throughput"]
+    lines = []
+    if "events" in results:
+        from bench import events
+
+        lines.append(events.line(results["events"]))
+    if "throughput" in results:
+        lines.extend(throughput_table(results["throughput"]))
+    lines.extend(other_lines(results))
+    return "\n".join(lines)
+
+
+def throughput_table(t: dict[str, Any]) -> list[str]:
     floor = t["floor_events_on"]["tasks_per_s"]["median"]
     lines = [
         f"{'scenario':<28} {'tasks/s median':>14} {'min-max':>15} {'vs floor':>9}"
@@ -513,6 +526,11 @@ def table(results: dict[str, Any]) -> str:
         f" p99 no-op {paced('floor', 'p99_ms')}, charge {paced('charges', 'p99_ms')}"
     )
     lines.extend(cpu_lines(t["cpu_per_task_ms"]))
+    return lines
+
+
+def other_lines(results: dict[str, Any]) -> list[str]:
+    lines = []
     if "resets" in results:
         r = results["resets"]
         lines.append(
@@ -541,7 +559,7 @@ def table(results: dict[str, Any]) -> str:
             f" without the holds read {r['pgbench']['without_holds_read_tps']:.0f} tps:"
             f" x{r['pgbench']['tps'] / r['pgbench']['without_holds_read_tps']:.2f}"
         )
-    return "\n".join(lines)
+    return lines
 
 
 def main() -> None:
@@ -549,7 +567,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller sizes")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=os.cpu_count() or 2)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["resets", "ledger", "db_work"])
+    parser.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=["throughput", "events", "resets", "ledger", "db_work"],
+    )
     args = parser.parse_args()
     quick = args.quick
     args.tasks = 2000 if quick else 20_000
@@ -567,7 +590,15 @@ def main() -> None:
         "acks_late": True, "prefetch_multiplier": 1, "result_backend": "redis",
         "tasks_per_stream": args.tasks, "accounts": args.accounts, "quick": quick,
     }}  # fmt: skip
-    results["throughput"] = throughput_scenarios(args, db_url)
+    if "throughput" not in args.skip:
+        results["throughput"] = throughput_scenarios(args, db_url)
+    if "events" not in args.skip:
+        from bench import events
+        from bench.app import app
+
+        results["events"] = events.measure(
+            app, db_url, args.tasks, args.repeat, args.concurrency, LOG_DIR
+        )
     if "db_work" not in args.skip:
         results["db_work"] = db_work_scenario(args, db_url)
     if "resets" not in args.skip:
@@ -578,7 +609,8 @@ def main() -> None:
         results["ledger"] = ledger_scenario(args)
     path = write_json("bench", results)
     png = RESULTS_DIR / "bench.png"
-    chart(results, png)
+    if "throughput" in results:
+        chart(results, png)
     print(table(results))
     print(f"results: {path}, chart: {png}")
     print(json.dumps(results["configuration"]))

@@ -18,11 +18,12 @@ from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, delete, exists, func, or_, select, update
+from sqlalchemy import Connection, Engine, delete, exists, func, or_, select
 
 from billing import events, rules
 from billing.rules import ACCOUNT_COLUMNS, AccountRow
 from billing.settings import Settings
+from billing.store import Store
 from billing.store_sql import insert_unless_exists
 from models import Event, EventType, User
 
@@ -35,8 +36,7 @@ Publish = Callable[[Sequence[Message]], None]
 
 
 def _now(conn: Connection) -> datetime:
-    """The database's clock as it is now (not the transaction's start): ``published_at`` is
-    then when the relay got past publishing."""
+    """The database's clock as it is now (not the transaction's start)."""
     if conn.dialect.name == "postgresql":
         return conn.execute(select(func.clock_timestamp())).scalar_one()
     return datetime.now(UTC)
@@ -55,40 +55,29 @@ def message(row: Any) -> Message:
 
 
 def publish_pending(
-    engine: Engine,
+    store: Store,
     publish: Publish,
     *,
     user_ids: Collection[int] | None = None,
     batch: int = BATCH,
 ) -> dict[str, int]:
-    """Publish every unpublished event (of ``user_ids`` only, if given), ``batch`` at a time."""
+    """Publish every unpublished event (of ``user_ids`` only, if given), ``batch`` at a time,
+    each batch in one transaction of ``store``: lock, publish, mark, commit."""
     totals = {"published": 0, "batches": 0}
-    pending = EVENTS.c.published_at.is_(None)
-    if user_ids is not None:
-        pending = and_(pending, EVENTS.c.user_id.in_(list(user_ids)))
-    query = (
-        select(EVENTS)
-        .where(pending)
-        .order_by(EVENTS.c.user_id, EVENTS.c.id)
-        .limit(batch)
-        .with_for_update()
-    )
-    with engine.connect() as conn:
+    try:
         while True:
-            with conn.begin():
-                rows = conn.execute(query).all()
-                if rows:
-                    publish([message(row) for row in rows])
-                    conn.execute(
-                        update(EVENTS)
-                        .where(EVENTS.c.id.in_([row.id for row in rows]))
-                        .values(published_at=_now(conn))
-                    )
+            rows = store.lock_unpublished(user_ids, batch)
             if rows:
+                publish([message(row) for row in rows])
+                store.mark_published([row.id for row in rows])
                 totals["published"] += len(rows)
                 totals["batches"] += 1
+            else:
+                store.rollback()
             if len(rows) < batch:
                 return totals
+    finally:
+        store.rollback()  # nothing after a commit; a failed publish leaves the rows unmarked
 
 
 def prune(engine: Engine, settings: Settings, *, batch: int = 1000) -> dict[str, int]:
@@ -206,11 +195,31 @@ def _lock_unannounced(
     ]
 
 
-def recent(conn: Connection, user_id: int | None, *, pending: bool, limit: int) -> list[Any]:
-    """The newest events (of one account; only the unpublished), for operators."""
+def listing(engine: Engine, user_id: int | None, *, pending: bool, limit: int) -> dict[str, Any]:
+    """The newest events (of one account; only the unpublished ones), and how far the relay
+    is behind: what operators look at (``billing events``)."""
     query = select(EVENTS).order_by(EVENTS.c.id.desc()).limit(limit)
+    backlog = select(func.count(), func.min(EVENTS.c.occurred_at)).where(
+        EVENTS.c.published_at.is_(None)
+    )
     if user_id is not None:
         query = query.where(EVENTS.c.user_id == user_id)
+        backlog = backlog.where(EVENTS.c.user_id == user_id)
     if pending:
         query = query.where(EVENTS.c.published_at.is_(None))
-    return list(conn.execute(query))
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+        unpublished, oldest = conn.execute(backlog).one()
+    return {
+        "ok": True,
+        "code": 200,
+        "events": [
+            {
+                **message(row),
+                "published_at": events.stamp(row.published_at) if row.published_at else None,
+            }
+            for row in rows
+        ],
+        "unpublished": unpublished,
+        "oldest_unpublished": events.stamp(oldest) if oldest is not None else None,
+    }

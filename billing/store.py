@@ -11,7 +11,7 @@ transaction.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -105,6 +105,18 @@ class Event:
 
 
 @dataclass(frozen=True)
+class OutboxRow:
+    """A recorded event as the relay publishes it."""
+
+    id: int
+    event_id: uuid.UUID
+    type: str
+    user_id: int
+    occurred_at: datetime
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Writes:
     """Everything one movement writes, in one transaction, then COMMIT.
 
@@ -166,6 +178,13 @@ class Store(Protocol):
 
     def find_hold(self, key: str) -> int | None:
         """The account of the hold ``key``, which never changes, so no lock."""
+
+    def lock_unpublished(self, user_ids: Collection[int] | None, limit: int) -> list[OutboxRow]:
+        """Begin; lock up to ``limit`` unpublished events (of ``user_ids`` only, if given) in
+        account then id order, waiting for any another relay holds (``billing.outbox``)."""
+
+    def mark_published(self, ids: list[int]) -> None:
+        """Mark the locked events published (the clock as it is now) and COMMIT."""
 
 
 @contextmanager

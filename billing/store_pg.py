@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import re
 import weakref
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -40,6 +40,7 @@ from billing.store import (
     Entry,
     KeyRaced,
     Locked,
+    OutboxRow,
     StoredOutcome,
     Writes,
     counters,
@@ -357,6 +358,25 @@ class PgStore:
             "SELECT user_id FROM billing_holds WHERE idempotency_key = %s", (key,)
         ).fetchone()
         return row[0] if row is not None else None
+
+    def lock_unpublished(self, user_ids: Collection[int] | None, limit: int) -> list[OutboxRow]:
+        # BEGIN and the locking read in one round trip, as a movement's first one.
+        which = "" if user_ids is None else " AND user_id = ANY(%(users)s)"
+        cur = self._cur
+        cur.execute(
+            "BEGIN; SELECT id, event_id, type, user_id, occurred_at, data FROM billing_events"
+            f" WHERE published_at IS NULL{which} ORDER BY user_id, id LIMIT %(limit)s"
+            " FOR UPDATE",
+            {"users": list(user_ids or ()), "limit": limit},
+        )
+        cur.nextset()
+        return [OutboxRow(*row) for row in cur.fetchall()]
+
+    def mark_published(self, ids: list[int]) -> None:
+        self._commit(
+            "UPDATE billing_events SET published_at = clock_timestamp() WHERE id = ANY(%(ids)s); ",
+            {"ids": ids, "key": None},
+        )
 
 
 def _hold(row: Sequence[Any]) -> HoldRow:

@@ -8,6 +8,7 @@ clock is the process's, as the embedded default runs on one machine.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,7 +19,16 @@ from sqlalchemy.sql.dml import Insert
 from billing import store
 from billing.rules import ACCOUNT_COLUMNS, AccountRow, HoldRow
 from billing.settlement import SETTLE_PREFIX
-from billing.store import ChargeRow, Entry, KeyRaced, Locked, StoredOutcome, Writes, counters
+from billing.store import (
+    ChargeRow,
+    Entry,
+    KeyRaced,
+    Locked,
+    OutboxRow,
+    StoredOutcome,
+    Writes,
+    counters,
+)
 from models import (
     AllowanceReset,
     BillingRequest,
@@ -259,3 +269,26 @@ class SqlStore:
             return self.conn.execute(
                 select(HOLDS.c.user_id).where(HOLDS.c.idempotency_key == key)
             ).scalar()
+
+    def lock_unpublished(self, user_ids: Collection[int] | None, limit: int) -> list[OutboxRow]:
+        self.conn.begin()
+        query = select(
+            EVENTS.c.id,
+            EVENTS.c.event_id,
+            EVENTS.c.type,
+            EVENTS.c.user_id,
+            EVENTS.c.occurred_at,
+            EVENTS.c.data,
+        ).where(EVENTS.c.published_at.is_(None))
+        if user_ids is not None:
+            query = query.where(EVENTS.c.user_id.in_(list(user_ids)))
+        rows = self.conn.execute(
+            query.order_by(EVENTS.c.user_id, EVENTS.c.id).limit(limit).with_for_update()
+        ).all()
+        return [OutboxRow(*row) for row in rows]
+
+    def mark_published(self, ids: list[int]) -> None:
+        self.conn.execute(
+            update(EVENTS).where(EVENTS.c.id.in_(ids)).values(published_at=self._now())
+        )
+        self.conn.commit()

@@ -164,6 +164,39 @@ def _cmd_ledger(args: argparse.Namespace) -> int:
     return _print(result, args.json, _format_ledger)
 
 
+def _cmd_events(args: argparse.Namespace) -> int:
+    from billing import outbox
+
+    if args.limit < 1:
+        raise InvalidRequest("limit", "must be at least 1")
+    result = _with_engine(
+        lambda engine, _s: outbox.listing(
+            engine, args.user_id, pending=args.pending, limit=args.limit
+        )
+    )
+    return _print(result, args.json, _format_events)
+
+
+def _format_events(result: dict[str, Any]) -> str:
+    lines = [f"{'seq':>8}  {'occurred_at':<32} {'type':<23} {'user':>14}  {'published':<10} what"]
+    for e in result["events"]:
+        data = e["data"]
+        what = data.get("hold_key") or data.get("ends_at") or data.get("idempotency_key") or ""
+        lines.append(
+            f"{data['sequence']:>8}  {e['occurred_at']:<32} {e['type']:<23} {e['user_id']:>14}"
+            f"  {'yes' if e['published_at'] else 'PENDING':<10} {what}"
+        )
+    if not result["events"]:
+        lines = ["(no events)"]
+    backlog = result["unpublished"]
+    lines.append(
+        f"{backlog} unpublished, the oldest from {result['oldest_unpublished']}"
+        if backlog
+        else "nothing unpublished"
+    )
+    return "\n".join(lines)
+
+
 def _cmd_audit(args: argparse.Namespace) -> int:
     from billing import audit
     from billing.validation import AuditArgs
@@ -306,6 +339,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cursor", default=None, help="next_cursor of the previous page")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_cmd_ledger)
+
+    p = sub.add_parser("events", help="show recent balance events and what is unpublished")
+    p.add_argument("user_id", type=int, nargs="?", default=None, help="one account (default: all)")
+    p.add_argument("--pending", action="store_true", help="only events not yet published")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_cmd_events)
 
     p = sub.add_parser(
         "audit", help="check that balances and counters match the ledger (exit 1 if not)"

@@ -85,11 +85,19 @@ class BillingTask(Task):
     def _on_store(
         handler: Callable[[Store, A, Settings], results.Result], parsed: A, settings: Settings
     ) -> results.Result:
-        with store.connect(get_engine()) as conn:
-            outcome = handler(conn, parsed, settings)
-        if conn.event_accounts:
-            # After the commit, on a connection of its own; the beat's sweep is the safety net.
-            events.publish_after_commit(conn.event_accounts)
+        outcome = None
+        try:
+            with store.connect(get_engine()) as conn:
+                outcome = handler(conn, parsed, settings)
+                if conn.event_accounts:
+                    # After the commit, on the same connection: the events the movement
+                    # recorded reach the queue now, not at the relay sweep's next run.
+                    events.publish_after_commit(conn, conn.event_accounts)
+        except Exception as exc:
+            if outcome is None:
+                raise
+            # The movement committed; its events wait in the outbox for the relay sweep.
+            events.unpublished(conn.event_accounts, exc)
         return outcome
 
     def execute_read(

@@ -18,12 +18,7 @@ from worker.app import app
 def publish_events(self: BillingTask, *args: Any, **unknown: Any) -> results.Result:
     # A broker error fails this run (and is retried); the events stay in the outbox.
     return self.execute_batched(
-        NoArgs,
-        args,
-        unknown,
-        lambda factory, _parsed, _settings: outbox.publish_pending(
-            factory.kw["bind"], events.publish
-        ),
+        NoArgs, args, unknown, lambda _factory, _parsed, _settings: events.publish_all()
     )
 
 
@@ -34,7 +29,7 @@ def announce_subscriptions(self: BillingTask, *args: Any, **unknown: Any) -> res
     def announce(factory: Any, _parsed: Any, settings: Any) -> dict[str, Any]:
         totals: dict[str, Any] = outbox.announce_subscriptions(factory.kw["bind"], settings)
         if totals["expiring"] or totals["expired"]:
-            totals["published"] = events.publish_after_commit(None)
+            totals["published"] = events.publish_all()["published"]
         return totals
 
     return self.execute_batched(NoArgs, args, unknown, announce)

@@ -86,7 +86,7 @@ def expire_holds(self: BillingTask, *args: Any, **unknown: Any) -> results.Resul
     def expire(factory: Any, _parsed: Any, settings: Any) -> dict[str, Any]:
         totals: dict[str, Any] = expiry.expire_holds(factory.kw["bind"], settings)
         if totals["events"]:
-            totals["published"] = events.publish_after_commit(None)
+            totals["published"] = events.publish_all()["published"]
         return totals
 
     return self.execute_batched(NoArgs, args, unknown, expire)

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 from billing import outbox
 from billing.settings import get_settings
+from billing.store import Store, connect
 from worker.app import app
 from worker.db import get_engine
 
@@ -43,19 +44,26 @@ def publish(messages: Sequence[outbox.Message]) -> None:
             )
 
 
-def publish_after_commit(user_ids: Collection[int] | None) -> int:
-    """Publish the accounts' unpublished events right after the movement's commit; None: every
-    account's. A failure (the broker away) is logged and left to the beat's relay sweep: the
-    movement committed and its events are safe in the outbox."""
-    try:
-        return outbox.publish_pending(get_engine(), publish, user_ids=user_ids)["published"]
-    except Exception as exc:  # the movement is done; the sweep publishes later
-        line = {
-            "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
-            "level": "warning",
-            "event": "billing.events.unpublished",
-            "accounts": sorted(user_ids) if user_ids is not None else "all",
-            "error": f"{type(exc).__name__}: {exc}"[:500],
-        }
-        logger.warning(json.dumps(line))
-        return 0
+def publish_after_commit(store: Store, user_ids: Collection[int] | None) -> int:
+    """Publish the accounts' unpublished events (None: every account's) right after the
+    movement's commit, on the movement's own connection; the count published."""
+    return outbox.publish_pending(store, publish, user_ids=user_ids)["published"]
+
+
+def publish_all() -> dict[str, int]:
+    """The relay's sweep: every unpublished event, on a connection of its own."""
+    with connect(get_engine()) as store:
+        return outbox.publish_pending(store, publish)
+
+
+def unpublished(user_ids: Collection[int] | None, exc: BaseException) -> None:
+    """A publication that failed (the broker away): the movement committed and its events are
+    safe in the outbox; the beat's relay sweep publishes them. One warning line."""
+    line = {
+        "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "level": "warning",
+        "event": "billing.events.unpublished",
+        "accounts": sorted(user_ids) if user_ids is not None else "all",
+        "error": f"{type(exc).__name__}: {exc}"[:500],
+    }
+    logger.warning(json.dumps(line))

@@ -3,13 +3,20 @@ once per crossing, none for what rolled back, in each account's order."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import text
 
+from billing import charges, frame, store
 from billing.settings import get_settings
+from billing.validation import ChargeArgs
+from models import Operation
 from tests.conftest import event_rows, ledger_rows, shift_clock
 from tests.procs import wait_until
 from worker import app
@@ -301,3 +308,63 @@ def test_prune_removes_in_batches(worker, accounts, engine):
         )
     assert worker.prune_events() == {"ok": True, "code": 200, "removed": 2500, "batches": 3}
     wait_until(lambda: event_rows(engine, user) == [], "the old events are gone", timeout=1)
+
+
+RELAY_KILLED_MID_BATCH = """
+import os, sys, time
+from billing import outbox
+from billing.store import connect
+from worker import events
+from worker.db import get_engine
+
+def publish_half_then_hang(messages):
+    events.publish(messages[: len(messages) // 2])
+    open(sys.argv[1], "w").close()
+    time.sleep(600)  # SIGKILLed here: published, not marked
+
+with connect(get_engine()) as store:
+    outbox.publish_pending(store, publish_half_then_hang, batch=int(sys.argv[2]))
+"""
+
+
+def test_a_relay_killed_mid_batch_resends_and_never_skips(
+    worker, accounts, consumer, engine, tmp_path
+):
+    cost = get_settings().generation_cost
+    users = [accounts.credits_only(balance_credits=2 * cost) for _ in range(10)]
+    # Movements run in this process, with no relay after them: their events stay pending.
+    for user in users:
+        for n in range(2):
+            args = ChargeArgs.parse((), {"user_id": user, "idempotency_key": f"{user}-{n}"})
+            with store.connect(engine) as conn:
+                assert frame.run(conn, charges.Charge(Operation.GENERATION, args), get_settings())[
+                    "ok"
+                ]
+    recorded = event_rows(engine)
+    assert len(recorded) == 20  # low, then depleted, per account
+    marker = tmp_path / "published"
+    relay = subprocess.Popen(
+        [sys.executable, "-c", RELAY_KILLED_MID_BATCH, str(marker), "20"],
+        start_new_session=True,
+    )
+    try:
+        wait_until(marker.exists, "the relay published half its batch", timeout=30)
+        os.kill(relay.pid, signal.SIGKILL)
+    finally:
+        relay.wait(timeout=10)
+    assert len(consumer.idle()) == 10
+    assert all(row.published_at is None for row in event_rows(engine))
+
+    assert worker.publish_events()["published"] == 20
+    received = consumer.idle()
+    assert len(received) == 30  # the first half twice: resent, never skipped
+    by_id = {}
+    for event in received:
+        by_id.setdefault(event["event_id"], []).append(event)
+    assert set(by_id) == {str(row.event_id) for row in recorded}
+    assert sorted(len(copies) for copies in by_id.values()) == [1] * 10 + [2] * 10
+    for copies in by_id.values():  # a duplicate is the same event, field for field
+        assert all(copy == copies[0] for copy in copies)
+    for user in users:  # after de-duplication, each account's events in order
+        unique = list(dict.fromkeys(e["event_id"] for e in received if e["user_id"] == user))
+        assert [by_id[i][0]["type"] for i in unique] == ["credits.low", "credits.depleted"]

@@ -18,6 +18,7 @@ from billing import (
     grants,
     holds,
     migrate,
+    outbox,
     refunds,
     store,
     subscriptions,
@@ -238,3 +239,48 @@ def test_holds_expire_lazily_and_by_the_sweep(sqlite, settings):
     assert (statuses, expiries) == (["expired", "expired"], 2)
     assert [_row(sqlite, u)["freemium_actions_used"] for u in users] == [0, 0]
     assert _audit(sqlite)["clean"] is True
+
+
+def test_events_are_recorded_published_in_order_and_pruned(sqlite, settings):
+    settings = settings.model_copy(update={"freemium_limit": 1})
+    cost = settings.generation_cost
+    user = _account(sqlite, 1, balance_credits=cost)
+    ending = _account(sqlite, 2)
+    sub_args = {"user_id": ending, "tier": "standard", "idempotency_key": "sub", "days": 1}
+    with store.connect(sqlite) as conn:
+        subscription = subscriptions.Subscription(SubscriptionArgs.parse((), sub_args))
+        assert frame.run(conn, subscription, settings)["ok"]
+    _charge(sqlite, settings, user, "free")  # the period's last free action
+    _charge(sqlite, settings, user, "paid")  # credits to 0: low and depleted
+    _charge(sqlite, settings, user, "paid")  # a replay: nothing new
+    _hold_call(sqlite, settings, "reserve", user_id=user, idempotency_key="h", cost=1)
+    announced = outbox.announce_subscriptions(sqlite, settings)
+    again = outbox.announce_subscriptions(sqlite, settings)
+
+    published: list[dict] = []
+    with store.connect(sqlite) as conn:
+        totals = outbox.publish_pending(conn, published.extend, batch=2)
+        nothing_left = outbox.publish_pending(conn, published.extend)
+
+    assert announced == {"expiring": 1, "expired": 0} and again["expiring"] == 0
+    assert totals == {"published": 4, "batches": 2}
+    assert [(e["user_id"], e["type"]) for e in published] == [
+        (user, "freemium.exhausted"),
+        (user, "credits.low"),
+        (user, "credits.depleted"),
+        (ending, "subscription.expiring"),
+    ]
+    assert [e["data"].get("idempotency_key") for e in published[:3]] == ["free", "paid", "paid"]
+    assert nothing_left == {"published": 0, "batches": 0}
+
+    settings_off = settings.model_copy(update={"events_enabled": False})
+    other = _account(sqlite, 3, balance_credits=cost, freemium_actions_used=1)
+    _charge(sqlite, settings_off, other, "quiet")
+    with sqlite.begin() as conn:
+        assert conn.execute(text("SELECT count(*) FROM billing_events")).scalar() == 4
+        conn.execute(
+            text("UPDATE billing_events SET published_at = :t"),
+            {"t": datetime.now(UTC) - timedelta(days=8)},
+        )
+    # The exhausted event stays while its period runs; the others go.
+    assert outbox.prune(sqlite, settings) == {"removed": 3, "batches": 1}

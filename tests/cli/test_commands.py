@@ -8,12 +8,24 @@ import subprocess
 import sys
 
 import pytest
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, text
 
+from billing.settings import get_settings
 from tests.db import recreate_database
 from tests.services import database_url
 
-SUBCOMMANDS = ["migrate", "worker", "beat", "flower", "demo", "state", "ledger", "grant", "audit"]
+SUBCOMMANDS = [
+    "migrate",
+    "worker",
+    "beat",
+    "flower",
+    "demo",
+    "state",
+    "ledger",
+    "grant",
+    "events",
+    "audit",
+]
 
 
 def billing(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -123,3 +135,35 @@ def test_state_shows_what_open_holds_keep(worker, accounts):
     assert "cli-hold: 15 credits for a generation, expires" in state.stdout
     assert "cli-done" not in state.stdout
     assert [h["idempotency_key"] for h in as_json["open_holds"]] == ["cli-hold"]
+
+
+def test_events_lists_recent_and_pending(worker, accounts, engine):
+    cost = get_settings().generation_cost
+    user = accounts.credits_only(balance_credits=cost)
+    other = accounts.credits_only(balance_credits=cost)
+    worker.charge_generation(user, "cli-last")  # low and depleted, published at once
+    worker.charge_generation(other, "cli-other")
+    with engine.begin() as conn:  # as if its worker died before publishing
+        conn.execute(
+            text("UPDATE billing_events SET published_at = NULL WHERE user_id = :u"), {"u": other}
+        )
+
+    listed = billing("events", str(user))
+    everything = json.loads(billing("events", "--json").stdout)
+    pending = billing("events", "--pending")
+    bad = billing("events", "--limit", "0")
+
+    assert listed.returncode == 0, listed.stderr
+    assert "credits.low" in listed.stdout and "credits.depleted" in listed.stdout
+    assert "cli-last" in listed.stdout and "cli-other" not in listed.stdout
+    assert "2 unpublished" not in listed.stdout and "nothing unpublished" in listed.stdout
+    assert [e["type"] for e in everything["events"]] == [
+        "credits.depleted",
+        "credits.low",
+        "credits.depleted",
+        "credits.low",
+    ]
+    assert everything["unpublished"] == 2
+    assert pending.stdout.count("PENDING") == 2 and "cli-last" not in pending.stdout
+    assert "2 unpublished, the oldest from" in pending.stdout
+    assert bad.returncode == 2 and "limit" in bad.stderr

@@ -1,27 +1,46 @@
-"""`billing demo` runs to completion on the embedded default, as a new user would run it."""
+"""`billing demo` runs to completion on the embedded default, as a new user would run it, and
+the README's consumer receives every event it published, once after de-duplication."""
 
 from __future__ import annotations
 
 import os
 import re
+import signal
+import sqlite3
 import subprocess
 import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.procs import wait_until
+
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-def test_demo_on_the_embedded_default(tmp_path):
+def _embedded_env(data: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
-    env["BILLING_DATA_DIR"] = str(tmp_path / "data")
+    env["BILLING_DATA_DIR"] = str(data)
+    return env
 
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> tuple[Path, str]:
+    data = tmp_path_factory.mktemp("demo") / "data"
     result = subprocess.run(
         [sys.executable, "-m", "cli.main", "demo", "--charges", "40"],
         capture_output=True,
         text=True,
-        env=env,
+        env=_embedded_env(data),
         timeout=300,
     )
-
     assert result.returncode == 0, result.stdout + result.stderr
-    out = result.stdout
+    return data, result.stdout
+
+
+def test_demo_on_the_embedded_default(demo):
+    data, out = demo
     assert "billing demo on the embedded default" in out
     assert "40/40 charges answered" in out
     table = re.findall(
@@ -30,13 +49,18 @@ def test_demo_on_the_embedded_default(tmp_path):
     assert sum(int(row[4]) for row in table) == 40
     assert {row[1] for row in table} >= {"admin", "subscription", "credits", "not_enough_credits"}
     assert "state of the subscriber account:" in out and "its latest ledger entries:" in out
-    holds = out.split("holds on the credits-only account")[1]
+    holds = out.split("holds on a credits-only account")[1]
     assert re.search(r"image delivered: capture\s+credits 10, hold captured", holds)
     assert re.search(r"generation failed: release\s+credits 10, hold released", holds)
     assert re.search(r"pipeline died; later\s+held now 0 credits", holds)
     assert re.search(r"a late capture of job 3\s+409 hold_closed \(expired\)", holds)
+    events = out.split("balance events for the product:")[1]
+    assert "hold.expired             pipeline with holds    demo-" in events
+    assert "subscription.expired     expired subscription" in events
+    recorded, published = re.match(r" (\d+) recorded, (\d+) published", events).groups()
+    assert recorded == published
     assert "worker and beat stopped" in out
-    assert (tmp_path / "data" / "billing.sqlite").exists()
+    assert (data / "billing.sqlite").exists()
 
 
 def test_demo_plan_repeats_only_messages_it_sent():
@@ -58,3 +82,83 @@ def test_demo_plan_repeats_only_messages_it_sent():
                 assert key not in first_seen, (run_id, i)
                 first_seen[key] = (task, kwargs)
         assert len(first_seen) == 55  # 0 and every index not a multiple of 10
+
+
+def _events(database: Path) -> list[tuple[str, str]]:
+    with sqlite3.connect(database) as conn:
+        rows = conn.execute(
+            "SELECT event_id, type FROM billing_events WHERE published_at IS NOT NULL ORDER BY id"
+        ).fetchall()
+    return [(event_id.replace("-", ""), kind) for event_id, kind in rows]
+
+
+def _notifications(database: Path) -> list[tuple[str, str]]:
+    if not database.exists():
+        return []
+    try:
+        with sqlite3.connect(database, timeout=30) as conn:
+            rows = conn.execute(
+                "SELECT event_id, type FROM notifications ORDER BY rowid"
+            ).fetchall()
+    except sqlite3.OperationalError:  # the consumer has not made its tables yet
+        return []
+    return [(event_id.replace("-", ""), kind) for event_id, kind in rows]
+
+
+def test_the_readme_consumer_receives_every_demo_event_once(demo, tmp_path):
+    data, _out = demo
+    published = _events(data / "billing.sqlite")
+    assert {kind for _id, kind in published} >= {"hold.expired", "subscription.expired"}
+    example = README.read_text().split("<!-- consumer-example -->")[1]
+    code = example.split("```python")[1].split("```")[0]
+    (tmp_path / "product_events.py").write_text(code)
+    product_db = tmp_path / "product.sqlite"
+    env = {
+        **_embedded_env(data),
+        "BILLING_BROKER_URL": f"sqla+sqlite:///{data / 'broker.sqlite'}",
+        "PRODUCT_DB": str(product_db),
+    }
+    log = tmp_path / "consumer.log"
+    with open(log, "wb") as out:
+        consumer = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "product_events", "worker", "-P", "solo"],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_until(
+            lambda: len(_notifications(product_db)) >= len(published),
+            "the consumer handled every event of the demo",
+            timeout=90,
+        )
+        assert _notifications(product_db) == published  # each once, in order
+
+        # Every event again, as a relay that died before marking them would send them.
+        with sqlite3.connect(data / "billing.sqlite") as conn:
+            conn.execute("UPDATE billing_events SET published_at = NULL")
+        relay = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "from worker import events; print(events.publish_all()['published'])",
+            ],
+            capture_output=True,
+            text=True,
+            env=_embedded_env(data),
+            timeout=120,
+        )
+        assert relay.stdout.strip() == str(len(published)), relay.stderr
+        wait_until(
+            lambda: log.read_text().count("skipped") >= len(published),
+            "the consumer saw every duplicate",
+            timeout=90,
+        )
+        time.sleep(1)
+        assert _notifications(product_db) == published  # still each once
+        assert log.read_text().count("skipped") == len(published)
+    finally:
+        os.killpg(consumer.pid, signal.SIGTERM)
+        consumer.wait(timeout=30)

@@ -25,6 +25,9 @@ TASKS = [
     "billing.capture",
     "billing.release",
     "billing.expire_holds",
+    "billing.publish_events",
+    "billing.announce_subscriptions",
+    "billing.prune_events",
 ]
 FIELDS = [
     "user_id",

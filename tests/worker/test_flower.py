@@ -100,9 +100,11 @@ def test_flower_shows_billing_tasks_with_auth_and_read_only(accounts):
             )
             for i in range(3)
         ]
-        for result in sent:
+        # The relay's sweep is a task like the others: operators see it in Flower.
+        relay = app.send_task("billing.publish_events", queue=QUEUE)
+        for result in [*sent, relay]:
             result.get(timeout=RESULT_TIMEOUT)
-        ids = {r.id for r in sent}
+        ids = {r.id for r in [*sent, relay]}
 
         def tasks_seen():
             status, body = _get(f"{base}/api/tasks", CREDENTIALS)
@@ -118,6 +120,9 @@ def test_flower_shows_billing_tasks_with_auth_and_read_only(accounts):
         metrics = _get(f"{base}/metrics")
         _stop_reporting_a_hang(flower, log)
 
+    relay_seen = seen.pop(relay.id)
+    assert relay_seen["name"] == "billing.publish_events"
+    assert "'published': 0" in relay_seen["result"]
     for task in seen.values():
         assert task["name"] == "billing.charge_generation"
         assert task["worker"] and task["runtime"] is not None

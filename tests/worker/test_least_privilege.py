@@ -17,6 +17,9 @@ GRANTS = [
     "GRANT SELECT, INSERT ON allowance_resets TO {role}",
     "GRANT SELECT, INSERT, UPDATE ON billing_holds TO {role}",
     "GRANT USAGE ON SEQUENCE credits_ledger_id_seq TO {role}",
+    # The outbox: the relay marks events published, retention removes old ones.
+    "GRANT SELECT, INSERT, UPDATE, DELETE ON billing_events TO {role}",
+    "GRANT USAGE ON SEQUENCE billing_events_id_seq TO {role}",
 ]
 
 
@@ -48,6 +51,9 @@ def test_every_task_works_without_ddl_rights(accounts, worker_role_url):
         ("billing.reserve_assistant", {"user_id": user, "idempotency_key": "lp-h2"}),
         ("billing.release", {"idempotency_key": "lp-h2"}),
         ("billing.expire_holds", {}),
+        ("billing.publish_events", {}),
+        ("billing.announce_subscriptions", {}),
+        ("billing.prune_events", {}),
         ("billing.get_state", {"user_id": user}),
         ("billing.get_ledger", {"user_id": user}),
         ("billing.reset_due_limits", {}),
