@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import text
 
@@ -14,7 +14,14 @@ from billing import resets
 from billing.db import session_factory
 from billing.rules import as_utc
 from billing.settings import get_settings
-from tests.conftest import RESULT_TIMEOUT, days_ago, hold_rows, ledger_rows, reset_rows
+from tests.conftest import (
+    RESULT_TIMEOUT,
+    days_ago,
+    event_rows,
+    hold_rows,
+    ledger_rows,
+    reset_rows,
+)
 from tests.procs import celery_worker_process
 from worker import app
 
@@ -153,13 +160,19 @@ def test_reset_racing_100_concurrent_charges_loses_nothing(worker, accounts, eng
     assert worker.audit()["clean"] is True
 
 
-def test_a_real_beat_fires_the_reset_and_the_hold_sweep_and_a_second_beat_stands_by(
+def test_a_real_beat_fires_the_reset_the_sweeps_and_the_relay_and_a_second_beat_stands_by(
     worker, accounts, engine, tmp_path
 ):
     user = accounts.create(freemium_actions_used=4, freemium_reset_at=days_ago(31))
     # A hold nobody settles or touches again: only the beat's sweep can expire it.
     abandoned = accounts.credits_only()
     worker.reserve_generation(abandoned, "beat-abandoned", ttl_seconds=1)
+    # Events a worker recorded and died before publishing, and a subscription about to end.
+    emptied = accounts.credits_only(balance_credits=get_settings().generation_cost)
+    worker.charge_generation(emptied, "beat-emptied")
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE billing_events SET published_at = NULL"))
+    lapsing = accounts.subscriber(subscription_end=datetime.now(UTC) + timedelta(days=1))
     env_cmd = [sys.executable, "-m", "celery", "-A", "worker", "beat", "-l", "INFO"]
 
     def beat(name: str) -> subprocess.Popen:
@@ -170,6 +183,8 @@ def test_a_real_beat_fires_the_reset_and_the_hold_sweep_and_a_second_beat_stands
                 **os.environ,
                 "BILLING_RESET_INTERVAL_SECONDS": "1",
                 "BILLING_HOLD_SWEEP_SECONDS": "1",
+                "BILLING_EVENTS_SWEEP_SECONDS": "1",
+                "BILLING_SUBSCRIPTION_SWEEP_SECONDS": "1",
             },
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -186,6 +201,21 @@ def test_a_real_beat_fires_the_reset_and_the_hold_sweep_and_a_second_beat_stands
             time.sleep(0.2)
         assert hold_rows(engine)[0].status == "expired"
         assert accounts.get(abandoned).balance_credits == 100
+
+        def events() -> list[tuple[int, str, bool]]:
+            return [
+                (row.user_id, row.type, row.published_at is not None) for row in event_rows(engine)
+            ]
+
+        expected = {
+            (emptied, "credits.low", True),
+            (emptied, "credits.depleted", True),
+            (abandoned, "hold.expired", True),
+            (lapsing, "subscription.expiring", True),
+        }
+        while set(events()) != expected and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert sorted(events()) == sorted(expected)
         second = beat("second")
         deadline = time.monotonic() + 60
         while "standing by" not in (tmp_path / "second.log").read_text() and (

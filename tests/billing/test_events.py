@@ -3,6 +3,7 @@ once per crossing, none for what rolled back, in each account's order."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
+import redis
 from sqlalchemy import text
 
 from billing import charges, frame, store
@@ -19,6 +21,7 @@ from billing.validation import ChargeArgs
 from models import Operation
 from tests.conftest import event_rows, ledger_rows, shift_clock
 from tests.procs import wait_until
+from tests.services import REDIS_URL
 from worker import app
 
 
@@ -368,3 +371,29 @@ def test_a_relay_killed_mid_batch_resends_and_never_skips(
     for user in users:  # after de-duplication, each account's events in order
         unique = list(dict.fromkeys(e["event_id"] for e in received if e["user_id"] == user))
         assert [by_id[i][0]["type"] for i in unique] == ["credits.low", "credits.depleted"]
+
+
+def test_a_broker_that_refuses_the_events_fails_no_charge(worker, accounts, consumer, capfd):
+    user = accounts.credits_only(balance_credits=get_settings().generation_cost)
+    client = redis.Redis.from_url(REDIS_URL)
+    queue = get_settings().events_queue
+    consumer.idle()
+    # The events queue's key holds a string: Redis answers every push to it WRONGTYPE.
+    client.delete(queue)
+    client.set(queue, "not a list")
+    try:
+        charged = worker.charge_generation(user, "refused")
+        pending = [row.published_at for row in event_rows(worker.engine, user)]
+    finally:
+        client.delete(queue)
+    assert charged["ok"] and charged["state"]["credits"]["balance"] == 0
+    assert pending == [None, None]  # recorded with the charge, kept for the sweep
+    warning = next(
+        json.loads(line)
+        for line in capfd.readouterr().err.splitlines()
+        if "billing.events.unpublished" in line
+    )
+    assert warning["accounts"] == [user] and "WRONGTYPE" in warning["error"]
+
+    assert worker.publish_events()["published"] == 2
+    assert _types(consumer.of(user)) == ["credits.low", "credits.depleted"]
