@@ -1,6 +1,7 @@
 """The one place the Celery app is configured. Values come from the BILLING_* settings."""
 
 from billing.settings import get_settings
+from billing_client.names import PRIVILEGED
 
 _settings = get_settings()
 
@@ -9,7 +10,12 @@ result_backend = _settings.effective_result_backend()
 broker_connection_retry_on_startup = True
 
 task_default_queue = _settings.queue
-task_routes = {"billing.*": {"queue": _settings.queue}}
+# Exact names first: the privileged tasks go to the admin queue, every other one to the
+# public queue (billing_client.names.PRIVILEGED).
+task_routes = {
+    **{name: {"queue": _settings.admin_queue} for name in sorted(PRIVILEGED)},
+    "billing.*": {"queue": _settings.queue},
+}
 task_serializer = "json"
 result_serializer = "json"
 accept_content = ["json"]
@@ -75,6 +81,12 @@ beat_schedule = {
         "task": "billing.announce_subscriptions",
         "schedule": _settings.subscription_sweep_seconds,
         "options": {"expires": _settings.subscription_sweep_seconds},
+    },
+    # The ledger against the balances: its mismatches are the metric an alert watches.
+    "audit": {
+        "task": "billing.audit",
+        "schedule": _settings.audit_interval_seconds,
+        "options": {"expires": _settings.audit_interval_seconds},
     },
     "prune-events": {
         "task": "billing.prune_events",

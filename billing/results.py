@@ -11,6 +11,7 @@ from typing import Any
 OK = 200
 BAD_REQUEST = 400
 PAYMENT_REQUIRED = 402
+FORBIDDEN = 403
 NOT_FOUND = 404
 CONFLICT = 409
 UNPROCESSABLE = 422
@@ -21,6 +22,7 @@ NOT_ENOUGH_CREDITS = "not_enough_credits"
 USER_NOT_FOUND = "user_not_found"
 IDEMPOTENCY_CONFLICT = "idempotency_conflict"
 INVALID_REQUEST = "invalid_request"
+FORBIDDEN_QUEUE = "forbidden_queue"
 
 Result = dict[str, Any]
 
@@ -49,3 +51,12 @@ def ledger_disabled() -> Result:
 
 def user_not_found(user_id: int) -> Result:
     return failure(NOT_FOUND, USER_NOT_FOUND, f"user {user_id} does not exist")
+
+
+def forbidden_queue(task: str, queue: str | None, admin_queue: str) -> Result:
+    return failure(
+        FORBIDDEN,
+        FORBIDDEN_QUEUE,
+        f"{task} is accepted only from the admin queue {admin_queue!r}, not {queue!r};"
+        " nothing was written",
+    )

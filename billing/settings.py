@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".billing-data")
 
     queue: str = "billing"
+    # Tasks that mint or move money outside a job (grants, subscriptions, refunds) and the
+    # back office's jobs go here; only the back office may push to it (README: Redis ACLs).
+    admin_queue: str = Field(default="billing-admin", min_length=1)
     v4_enabled: bool = True
     ledger_enabled: bool = True
 
@@ -55,6 +58,12 @@ class Settings(BaseSettings):
     events_retention_days: float = Field(default=7.0, gt=0)
     events_sweep_seconds: float = Field(default=5.0, gt=0)
     subscription_sweep_seconds: float = Field(default=60.0, gt=0)
+    # Prometheus metrics: every worker serves /metrics on this port when it is set.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_address: str = "127.0.0.1"
+    # Where the pool processes keep their counts; default: a fresh directory per worker.
+    metrics_dir: Path | None = None
+    audit_interval_seconds: float = Field(default=86_400.0, gt=0)
     # Bounds on how long one worker can hold or wait for an account's row lock (PostgreSQL
     # session settings of every worker connection, in milliseconds; 0 turns one off). A
     # worker frozen between a movement's two round trips loses its session, and its lock, after

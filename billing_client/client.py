@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,6 +10,7 @@ from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.utils.saferepr import saferepr
 
 from billing_client import names
+from billing_client.names import PRIVILEGED, SENT_AT_HEADER
 
 
 class OutcomeUnknown(Exception):
@@ -79,6 +81,7 @@ class BillingClient:
         broker_url: str | None = None,
         result_backend: str | None = None,
         queue: str = "billing",
+        admin_queue: str = "billing-admin",
         timeout: float = 30.0,
     ) -> None:
         if app is None:
@@ -88,13 +91,24 @@ class BillingClient:
             app.conf.accept_content = ["json"]
         self.app = app
         self.queue = queue
+        self.admin_queue = admin_queue
         self.timeout = timeout
+
+    def queue_for(self, name: str) -> str:
+        """Privileged tasks (grants, subscriptions, refunds, tier sync, audit) go to the admin
+        queue, which only the back office may write to; the rest to the public queue."""
+        return self.admin_queue if name in PRIVILEGED else self.queue
 
     def call(self, name: str, timeout: float | None = None, **kwargs: Any) -> BillingResult:
         """Send one task by name and wait for its answer."""
         shown = {k: ("<hidden>" if k == "meta" and v is not None else v) for k, v in kwargs.items()}
         pending = self.app.send_task(
-            name, kwargs=kwargs, queue=self.queue, kwargsrepr=saferepr(shown)
+            name,
+            kwargs=kwargs,
+            queue=self.queue_for(name),
+            kwargsrepr=saferepr(shown),
+            # When it was sent: the workers' queue-wait metric (worker.metrics).
+            headers={SENT_AT_HEADER: time.time()},
         )
         try:
             answer = pending.get(timeout=timeout or self.timeout, propagate=False)

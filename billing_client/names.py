@@ -19,3 +19,10 @@ EXPIRE_HOLDS = "billing.expire_holds"
 PUBLISH_EVENTS = "billing.publish_events"
 ANNOUNCE_SUBSCRIPTIONS = "billing.announce_subscriptions"
 PRUNE_EVENTS = "billing.prune_events"
+
+# Tasks that mint or move money outside a job, and the back office's jobs: routed to
+# BILLING_ADMIN_QUEUE, and refused (403 forbidden_queue) when they arrive on any other queue.
+PRIVILEGED = frozenset({GRANT_CREDITS, ACTIVATE_SUBSCRIPTION, REFUND, SYNC_TIER_LIMITS, AUDIT})
+
+# A message header: when the producer sent it (Unix time), for the workers' queue-wait metric.
+SENT_AT_HEADER = "billing_sent_at"

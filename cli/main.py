@@ -28,10 +28,13 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
+    from billing.settings import get_settings
     from cli import processes
 
+    settings = get_settings()
+    queue = args.queue or {"public": settings.queue, "admin": settings.admin_queue}.get(args.only)
     cmd = processes.worker_command(
-        queue=args.queue,
+        queue=queue,
         concurrency=args.concurrency,
         pool=args.pool,
         hostname=args.hostname,
@@ -197,6 +200,90 @@ def _format_events(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    from billing import status
+
+    def read(engine: Any, settings: Any) -> dict[str, Any]:
+        from worker import inspect
+        from worker.app import app
+
+        state = status.database_state(engine)
+        queues = inspect.queue_lengths(app)
+        now = state.pop("now")
+        return {
+            "ok": True,
+            "code": 200,
+            "workers": inspect.workers_up(app),
+            "queues": {
+                queue: {
+                    "length": length,
+                    "oldest_waiting_seconds": inspect.oldest_waiting_seconds(app, queue),
+                }
+                for queue, length in queues.items()
+            },
+            **state,
+            "jobs": {
+                job: {
+                    "succeeded_at": run["succeeded_at"].isoformat(),
+                    "seconds_ago": max((now - run["succeeded_at"]).total_seconds(), 0.0),
+                }
+                for job, run in state["jobs"].items()
+            },
+        }
+
+    return _print(_with_engine(read), args.json, _format_status)
+
+
+def _format_status(result: dict[str, Any]) -> str:
+    workers = result["workers"]
+    if workers is None:
+        shown = "unknown (the embedded broker has no broadcast to ping them)"
+    else:
+        shown = f"{len(workers)} up" + (f": {', '.join(workers)}" if workers else "")
+    queues = ", ".join(
+        f"{name} {q['length']}"
+        + (
+            f" (next waited {q['oldest_waiting_seconds']:.0f}s)"
+            if q["oldest_waiting_seconds"] is not None
+            else ""
+        )
+        for name, q in result["queues"].items()
+    )
+    mismatches = result["audit_mismatches"]
+    audit = (
+        "never run"
+        if mismatches is None
+        else ("clean" if mismatches == 0 else f"{mismatches} MISMATCHES (billing audit)")
+    )
+    if mismatches is not None:
+        audit += f" (last full audit {result['jobs']['audit']['succeeded_at']})"
+    jobs = (
+        ", ".join(f"{job} {_ago(run['seconds_ago'])}" for job, run in result["jobs"].items())
+        or "none has run yet"
+    )
+    events = f"{result['events_pending']} unpublished"
+    if result["events_pending"]:
+        events += f", the oldest {_ago(result['events_oldest_pending_age_seconds'])}"
+    return "\n".join(
+        [
+            f"workers:  {shown}",
+            f"queues:   {queues}",
+            f"holds:    {result['holds_open']} open",
+            f"events:   {events}",
+            f"audit:    {audit}",
+            f"jobs:     {jobs}",
+        ]
+    )
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m ago"
+    return f"{seconds / 3600:.1f}h ago"
+
+
 def _cmd_audit(args: argparse.Namespace) -> int:
     from billing import audit
     from billing.validation import AuditArgs
@@ -290,7 +377,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_migrate)
 
     p = sub.add_parser("worker", help="run a billing worker (production defaults)")
-    p.add_argument("--queue", default=None, help="queue to consume (default: BILLING_QUEUE)")
+    p.add_argument(
+        "--queue",
+        default=None,
+        help="queues to consume, comma-separated (default: BILLING_QUEUE and BILLING_ADMIN_QUEUE)",
+    )
+    p.add_argument(
+        "--only",
+        choices=["public", "admin"],
+        default=None,
+        help="consume only the public queue (charges, holds, reads) or only the admin queue"
+        " (grants, subscriptions, refunds, tier sync, audit)",
+    )
     p.add_argument("--concurrency", type=int, default=None, help="processes (default: CPUs)")
     p.add_argument("--pool", default="prefork", choices=["prefork", "threads", "solo"])
     p.add_argument("--hostname", default=None, help="node name (default: billing-<random>@host)")
@@ -339,6 +437,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cursor", default=None, help="next_cursor of the previous page")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_cmd_ledger)
+
+    p = sub.add_parser(
+        "status", help="one screen for on-call: workers, queues, holds, events, jobs, audit"
+    )
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_cmd_status)
 
     p = sub.add_parser("events", help="show recent balance events and what is unpublished")
     p.add_argument("user_id", type=int, nargs="?", default=None, help="one account (default: all)")

@@ -25,10 +25,11 @@ def worker_command(
     loglevel: str = "INFO",
     app_module: str = "worker",
 ) -> list[str]:
+    """``queue``: a comma-separated list; default, the public and the admin queue."""
     settings = get_settings()
     return [
         sys.executable, "-m", "celery", "-A", app_module, "worker",
-        "-Q", queue or settings.queue,
+        "-Q", queue or f"{settings.queue},{settings.admin_queue}",
         "-P", pool,
         "-c", str(concurrency or os.cpu_count() or 2),
         "-n", hostname or f"billing-{uuid.uuid4().hex[:6]}@%h",

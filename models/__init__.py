@@ -13,6 +13,7 @@ from models.enums import (
 )
 from models.event import Event
 from models.hold import Hold
+from models.job_run import JobRun
 from models.ledger import LedgerEntry
 from models.request import BillingRequest
 from models.user import User
@@ -27,6 +28,7 @@ __all__ = [
     "EventType",
     "Hold",
     "HoldStatus",
+    "JobRun",
     "LedgerEntry",
     "LedgerSource",
     "Operation",

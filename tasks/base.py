@@ -15,12 +15,13 @@ from celery import Task
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
-from billing import results, store
+from billing import jobs, results, store
 from billing.db import transaction
 from billing.settings import Settings, get_settings
 from billing.store import KeyRaced, Store
 from billing.validation import InvalidRequest, _Args
-from worker import events
+from tasks.names import PRIVILEGED
+from worker import events, metrics
 from worker.db import get_engine, get_session_factory
 
 logger = logging.getLogger("billing.outcomes")
@@ -122,17 +123,19 @@ class BillingTask(Task):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         handler: Callable[[sessionmaker[Session], A, Settings], dict[str, Any]],
+        job: str | None = None,
     ) -> results.Result:
         """For set-based jobs that commit batch by batch: the handler gets the session
-        factory and opens one short transaction per batch."""
-        return self._validated(
-            parser,
-            args,
-            kwargs,
-            lambda parsed, settings: results.success(
-                **handler(get_session_factory(), parsed, settings)
-            ),
-        )
+        factory and opens one short transaction per batch. A periodic ``job`` records its
+        success (``billing.jobs``)."""
+
+        def run(parsed: A, settings: Settings) -> results.Result:
+            outcome = results.success(**handler(get_session_factory(), parsed, settings))
+            if job is not None:
+                jobs.record(get_engine(), job, outcome)
+            return outcome
+
+        return self._validated(parser, args, kwargs, run)
 
     def _validated(
         self,
@@ -143,14 +146,37 @@ class BillingTask(Task):
     ) -> results.Result:
         """Parse the arguments (a 422 touches nothing), run, and log one line per outcome."""
         started = time.perf_counter()
+        settings = get_settings()
+        refused = self._refused_queue(settings)
         try:
             parsed = parser.parse(args, kwargs)
         except InvalidRequest as exc:
-            outcome = exc.result()
+            outcome = refused or exc.result()
         else:
-            outcome = run(parsed, get_settings())
+            outcome = refused or run(parsed, settings)
         self._log(outcome, kwargs, started)
         return outcome
+
+    def _refused_queue(self, settings: Settings) -> results.Result | None:
+        """A privileged task is run only from the admin queue: one pushed onto another queue
+        by hand is refused before anything is read or written (and not remembered)."""
+        if self.name not in PRIVILEGED:
+            return None
+        delivery = getattr(self.request, "delivery_info", None) or {}
+        queue = delivery.get("routing_key")
+        if queue is None or queue == settings.admin_queue:
+            return None  # run in-process (no queue), or from the admin queue
+        return results.forbidden_queue(self.name, queue, settings.admin_queue)
+
+    def on_retry(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        metrics.retry(self.name, exc)
+
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        metrics.failure(self.name, exc)
 
     def _log(self, outcome: results.Result, kwargs: dict[str, Any], started: float) -> None:
         # One line per outcome, never the meta contents: they may hold payment references.
@@ -171,6 +197,8 @@ class BillingTask(Task):
             "duration_ms": round((time.perf_counter() - started) * 1000, 2),
         }
         logger.info(json.dumps(line, default=str))
+        sent_at = getattr(self.request, metrics.SENT_AT_HEADER, None)
+        metrics.outcome(self.name, outcome, time.perf_counter() - started, sent_at)
 
 
 def _loggable(value: Any) -> Any:

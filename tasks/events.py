@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from billing import outbox, results
+from billing import jobs, outbox, results
 from tasks import names
 from tasks.base import BillingTask
 from tasks.lifecycle import SWEEP_TIME_LIMIT, NoArgs
@@ -18,7 +18,11 @@ from worker.app import app
 def publish_events(self: BillingTask, *args: Any, **unknown: Any) -> results.Result:
     # A broker error fails this run (and is retried); the events stay in the outbox.
     return self.execute_batched(
-        NoArgs, args, unknown, lambda _factory, _parsed, _settings: events.publish_all()
+        NoArgs,
+        args,
+        unknown,
+        lambda _factory, _parsed, _settings: events.publish_all(),
+        job=jobs.PUBLISH_EVENTS,
     )
 
 
@@ -32,7 +36,7 @@ def announce_subscriptions(self: BillingTask, *args: Any, **unknown: Any) -> res
             totals["published"] = events.publish_all()["published"]
         return totals
 
-    return self.execute_batched(NoArgs, args, unknown, announce)
+    return self.execute_batched(NoArgs, args, unknown, announce, job=jobs.ANNOUNCE_SUBSCRIPTIONS)
 
 
 @app.task(bind=True, base=BillingTask, name=names.PRUNE_EVENTS, time_limit=SWEEP_TIME_LIMIT)
@@ -42,4 +46,5 @@ def prune_events(self: BillingTask, *args: Any, **unknown: Any) -> results.Resul
         args,
         unknown,
         lambda factory, _parsed, settings: outbox.prune(factory.kw["bind"], settings),
+        job=jobs.PRUNE_EVENTS,
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from billing import expiry, holds, results
+from billing import expiry, holds, jobs, results
 from billing.validation import CaptureArgs, ReleaseArgs, ReserveArgs
 from models import Operation
 from tasks import names
@@ -89,4 +89,4 @@ def expire_holds(self: BillingTask, *args: Any, **unknown: Any) -> results.Resul
             totals["published"] = events.publish_all()["published"]
         return totals
 
-    return self.execute_batched(NoArgs, args, unknown, expire)
+    return self.execute_batched(NoArgs, args, unknown, expire, job=jobs.EXPIRE_HOLDS)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from billing import audit, frame, grants, refunds, resets, results, subscriptions, tiers
+from billing import audit, frame, grants, jobs, refunds, resets, results, subscriptions, tiers
 from billing.settings import get_settings
 from billing.validation import AuditArgs, GrantArgs, RefundArgs, SubscriptionArgs, _Args
 from tasks import names
 from tasks.base import BillingTask
 from worker.app import app
+from worker.db import get_engine
 
 SWEEP_TIME_LIMIT = get_settings().sweep_time_limit_seconds
 
@@ -74,12 +75,13 @@ def refund(
 def audit_accounts(
     self: BillingTask, *args: Any, user_id: Any = None, **unknown: Any
 ) -> results.Result:
-    return self.execute_read(
-        AuditArgs,
-        args,
-        {"user_id": user_id, **unknown},
-        lambda session, parsed, _settings: audit.audit(session, parsed),
-    )
+    def full_audit(session: Any, parsed: AuditArgs, _settings: Any) -> results.Result:
+        outcome = audit.audit(session, parsed)
+        if parsed.user_id is None:  # the mismatches the metric and the alert watch
+            jobs.record(get_engine(), jobs.AUDIT, outcome)
+        return outcome
+
+    return self.execute_read(AuditArgs, args, {"user_id": user_id, **unknown}, full_audit)
 
 
 @app.task(bind=True, base=BillingTask, name=names.RESET_DUE_LIMITS, time_limit=SWEEP_TIME_LIMIT)
@@ -89,6 +91,7 @@ def reset_due_limits(self: BillingTask, *args: Any, **unknown: Any) -> results.R
         args,
         unknown,
         lambda factory, _parsed, settings: resets.reset_due_limits(factory, settings),
+        job=jobs.RESET_DUE_LIMITS,
     )
 
 
@@ -99,4 +102,5 @@ def sync_tier_limits(self: BillingTask, *args: Any, **unknown: Any) -> results.R
         args,
         unknown,
         lambda factory, _parsed, settings: tiers.sync_tier_limits(factory, settings),
+        job=jobs.SYNC_TIER_LIMITS,
     )

@@ -10,6 +10,7 @@ TABLES = (
     "allowance_resets",
     "billing_events",
     "billing_holds",
+    "billing_job_runs",
     "billing_requests",
     "credits_ledger",
     "users",

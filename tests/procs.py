@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,6 +31,8 @@ def celery_worker_process(
     """A worker on its own queue; the process carries ``log_path``, its combined output.
     ``supervised`` runs it as `billing worker` does, restarted if it dies on its own."""
     hostname = f"test-{uuid.uuid4().hex[:8]}@%h"
+    # A test's worker on its own queue takes the privileged tasks sent there too.
+    env = {"BILLING_ADMIN_QUEUE": queue, **(env or {})}
     cmd = processes.worker_command(queue, concurrency, pool, hostname, loglevel=loglevel)
     if supervised:
         cmd = [
@@ -61,3 +65,26 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 15) ->
             return
         time.sleep(0.02)
     raise AssertionError(f"timed out waiting until {what}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """A worker's /metrics as {(sample name, labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        body = response.read().decode()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(body)
+        for sample in family.samples
+    }
+
+
+def sample(samples: dict, name: str, **labels: str) -> float | None:
+    return samples.get((name, frozenset(labels.items())))

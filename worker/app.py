@@ -13,4 +13,5 @@ if app.conf.broker_url.startswith("sqla+"):
 
     Transport.polling_interval = 0.05
 
+import worker.metrics  # noqa: E402  (serves /metrics when BILLING_METRICS_PORT is set)
 import worker.signals  # noqa: E402,F401  (connects the per-process engine handlers)

@@ -54,7 +54,7 @@ def race_behind_a_held_lock(
 
 
 def _send(name: str, **kwargs: object) -> AsyncResult:
-    return app.send_task(name, kwargs=kwargs, queue="billing")
+    return app.send_task(name, kwargs=kwargs)  # routed by name
 
 
 def _freemium_used_up_and_due(accounts) -> int:

@@ -24,6 +24,7 @@ SUBCOMMANDS = [
     "ledger",
     "grant",
     "events",
+    "status",
     "audit",
 ]
 
@@ -167,3 +168,33 @@ def test_events_lists_recent_and_pending(worker, accounts, engine):
     assert pending.stdout.count("PENDING") == 2 and "cli-last" not in pending.stdout
     assert "2 unpublished, the oldest from" in pending.stdout
     assert bad.returncode == 2 and "limit" in bad.stderr
+
+
+def test_status_shows_workers_queues_holds_events_jobs_and_audit(worker, accounts, engine):
+    user = accounts.credits_only(balance_credits=get_settings().generation_cost)
+    worker.reserve_generation(user, "st-hold", ttl_seconds=600)  # open; balance to 0: events
+    with engine.begin() as conn:  # as if the worker died before publishing them
+        conn.execute(text("UPDATE billing_events SET published_at = NULL"))
+    worker.expire_holds()
+    audited = worker.audit()
+
+    shown = billing("status")
+    status = json.loads(billing("status", "--json").stdout)
+
+    assert shown.returncode == 0, shown.stderr
+    assert status["workers"], "the test worker answers a ping"
+    assert set(status["queues"]) == {"billing", "billing-admin", "billing-events"}
+    assert status["holds_open"] == 1 and status["events_pending"] == 2
+    assert status["events_oldest_pending_age_seconds"] >= 0
+    assert {"expire_holds", "audit"} <= set(status["jobs"])
+    assert status["audit_mismatches"] == audited["mismatch_count"]
+    assert "holds:    1 open" in shown.stdout
+    assert "events:   2 unpublished, the oldest" in shown.stdout
+    assert "expire_holds" in shown.stdout and "workers:  1 up" in shown.stdout
+
+
+def test_a_worker_consumes_both_queues_unless_told_one():
+    from cli import processes
+
+    command = processes.worker_command()
+    assert command[command.index("-Q") + 1] == "billing,billing-admin"

@@ -24,6 +24,7 @@ TABLES = {
     "allowance_resets",
     "billing_holds",
     "billing_events",
+    "billing_job_runs",
 }
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ENUMS = {

@@ -20,6 +20,7 @@ GRANTS = [
     # The outbox: the relay marks events published, retention removes old ones.
     "GRANT SELECT, INSERT, UPDATE, DELETE ON billing_events TO {role}",
     "GRANT USAGE ON SEQUENCE billing_events_id_seq TO {role}",
+    "GRANT SELECT, INSERT, UPDATE ON billing_job_runs TO {role}",
 ]
 
 

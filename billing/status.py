@@ -1,0 +1,48 @@
+"""What an on-call engineer asks of the database first: open holds, unpublished events, the
+last run of each periodic job and what the last full audit found (``billing status`` and the
+workers' ``/metrics``)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+
+from billing import jobs
+from models import Event, Hold, HoldStatus
+
+HOLDS = Hold.__table__
+EVENTS = Event.__table__
+
+
+def database_state(engine: Engine) -> dict[str, Any]:
+    with engine.connect() as conn:
+        now = (
+            conn.execute(select(func.now())).scalar_one()
+            if conn.dialect.name == "postgresql"
+            else datetime.now(UTC)
+        )
+        holds_open = conn.execute(
+            select(func.count()).select_from(HOLDS).where(HOLDS.c.status == HoldStatus.HELD)
+        ).scalar_one()
+        pending, oldest = conn.execute(
+            select(func.count(), func.min(EVENTS.c.occurred_at)).where(
+                EVENTS.c.published_at.is_(None)
+            )
+        ).one()
+    runs = jobs.last_runs(engine)
+    audit = runs.get(jobs.AUDIT)
+    age = (_utc(now) - _utc(oldest)).total_seconds() if oldest is not None else 0.0
+    return {
+        "holds_open": holds_open,
+        "events_pending": pending,
+        "events_oldest_pending_age_seconds": max(age, 0.0),
+        "jobs": {job: runs[job] for job in jobs.JOBS if job in runs},
+        "audit_mismatches": audit["result"].get("mismatch_count") if audit else None,
+        "now": _utc(now),
+    }
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

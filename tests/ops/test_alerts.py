@@ -1,0 +1,60 @@
+"""The alert rules are valid, do what their unit tests say on synthetic series, and each links
+to a runbook entry that exists in the README."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+RULES = ROOT / "ops" / "prometheus" / "billing-rules.yml"
+
+
+def _promtool(*args: str) -> subprocess.CompletedProcess:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: apt-get install prometheus (.ci/run does)"
+    return subprocess.run(
+        [promtool, *args], cwd=RULES.parent, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_promtool_checks_the_rules():
+    checked = _promtool("check", "rules", RULES.name)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS" in checked.stdout
+
+
+def test_promtool_unit_tests_of_the_alerts_pass():
+    tested = _promtool("test", "rules", "billing-rules.test.yml")
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert "SUCCESS" in tested.stdout
+
+
+def test_every_alert_is_unit_tested_and_links_to_its_runbook():
+    # Each alert, with the runbook_url of its annotations (the next one after its name).
+    alerts = re.findall(
+        r"- alert: (\w+)\n(?:.*\n)*?\s+runbook_url: \"([^\"]+)\"", RULES.read_text()
+    )
+    tests = (RULES.parent / "billing-rules.test.yml").read_text()
+    readme = (ROOT / "README.md").read_text()
+    anchors = {
+        re.sub(r"[^a-z0-9 -]", "", heading.lower()).replace(" ", "-")
+        for heading in re.findall(r"^#+ (.+)$", readme, re.M)
+    }
+    assert len(alerts) == RULES.read_text().count("- alert:")
+    assert {name for name, _link in alerts} >= {
+        "BillingWorkerDown",
+        "BillingTaskFailures",
+        "BillingPaymentRequiredJump",
+        "BillingQueueBacklog",
+        "BillingResetSweepStale",
+        "BillingExpirySweepStale",
+        "BillingEventsBacklog",
+        "BillingAuditMismatch",
+    }
+    for name, link in alerts:
+        assert f"alertname: {name}" in tests, f"{name} has no unit test"
+        assert link.startswith("README.md#"), link
+        assert link.split("#", 1)[1] in anchors, f"{link}: no such heading in the README"

@@ -1,0 +1,120 @@
+"""Privileged tasks on their own queue: a grant pushed onto the public queue is refused and
+writes nothing, and real Redis ACL users keep the pipeline off the admin queue."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+from celery import Celery
+from redis.exceptions import NoPermissionError
+
+from billing.settings import get_settings
+from billing_client import BillingClient
+from billing_client.names import PRIVILEGED
+from tests.conftest import ledger_rows
+from tests.services import REDIS_URL
+from worker import app
+
+PIPELINE, BACK_OFFICE = "billing-test-pipeline", "billing-test-back-office"
+
+
+def _acl_rules(queue: str) -> list[str]:
+    """What a producer needs on Redis to enqueue on ``queue`` (kombu's list, its priority
+    lists and its binding sets) and read results; nothing else writable."""
+    return [
+        f"~{queue}",
+        f"~{queue}\x06\x16*",
+        f"~_kombu.binding.{queue}",
+        f"~_kombu.binding_permanent.{queue}",
+        "%R~_kombu.binding*",
+        "~celery-task-meta-*",
+        "&*",
+        "+@all",
+        "-@dangerous",
+        "-@admin",
+    ]
+
+
+@pytest.fixture
+def acl_users() -> Iterator[dict[str, Celery]]:
+    admin = redis.Redis.from_url(REDIS_URL)
+    settings = get_settings()
+    users = {PIPELINE: settings.queue, BACK_OFFICE: settings.admin_queue}
+    apps = {}
+    for user, queue in users.items():
+        admin.execute_command(
+            "ACL", "SETUSER", user, "reset", "on", ">pw-" + user, *_acl_rules(queue)
+        )
+        url = REDIS_URL.replace("redis://", f"redis://{user}:pw-{user}@")
+        producer = Celery(user, broker=url, backend=url, set_as_current=False)
+        producer.conf.task_routes = app.conf.task_routes  # as billing_client routes
+        apps[user] = producer
+    yield apps
+    for user, producer in apps.items():
+        producer.close()
+        admin.execute_command("ACL", "DELUSER", user)
+
+
+def test_every_privileged_task_is_routed_to_the_admin_queue():
+    settings = get_settings()
+    for name in PRIVILEGED:
+        assert app.amqp.router.route({}, name)["queue"].name == settings.admin_queue
+    for name in ("billing.charge_generation", "billing.capture", "billing.get_state"):
+        assert app.amqp.router.route({}, name)["queue"].name == settings.queue
+    client = BillingClient(app)
+    assert client.queue_for("billing.grant_credits") == settings.admin_queue
+    assert client.queue_for("billing.reserve_generation") == settings.queue
+
+
+def test_a_grant_pushed_onto_the_public_queue_is_refused_and_not_remembered(worker, accounts):
+    user = accounts.credits_only()
+    pushed = app.send_task(
+        "billing.grant_credits",
+        kwargs={"user_id": user, "amount": 1_000, "idempotency_key": "by-hand"},
+        queue=get_settings().queue,
+    ).get(timeout=30)
+
+    assert pushed["code"] == 403 and pushed["error"] == "forbidden_queue"
+    assert ledger_rows(worker.engine, user) == []
+    assert accounts.get(user).balance_credits == 100
+    # Not remembered: the same key from the admin queue is a first grant.
+    granted = worker.grant(user, 1_000, "by-hand")
+    assert granted["ok"] and granted["replayed"] is False
+    assert accounts.get(user).balance_credits == 1_100
+
+
+def test_redis_acl_users_keep_the_pipeline_off_the_admin_queue(worker, accounts, acl_users):
+    user = accounts.credits_only()
+    pipeline, back_office = acl_users[PIPELINE], acl_users[BACK_OFFICE]
+
+    charged = pipeline.send_task(
+        "billing.charge_generation", kwargs={"user_id": user, "idempotency_key": "acl-c"}
+    ).get(timeout=30)
+    with pytest.raises(Exception) as refused:
+        pipeline.send_task(
+            "billing.grant_credits",
+            kwargs={"user_id": user, "amount": 500, "idempotency_key": "acl-g"},
+        )
+    # The pipeline may still push a grant onto its own queue by hand: the worker refuses it.
+    by_hand = pipeline.send_task(
+        "billing.grant_credits",
+        kwargs={"user_id": user, "amount": 500, "idempotency_key": "acl-g"},
+        queue=get_settings().queue,
+    ).get(timeout=30)
+    granted = back_office.send_task(
+        "billing.grant_credits",
+        kwargs={"user_id": user, "amount": 500, "idempotency_key": "acl-g"},
+    ).get(timeout=30)
+
+    assert charged["ok"] and charged["source"] == "credits"
+    cause = refused.value
+    while cause.__cause__ is not None or cause.__context__ is not None:
+        if isinstance(cause, NoPermissionError) or "no permissions" in str(cause):
+            break
+        cause = cause.__cause__ or cause.__context__
+    assert "no permissions" in str(cause), repr(refused.value)
+    assert by_hand["code"] == 403
+    assert granted["ok"] and granted["replayed"] is False
+    assert accounts.get(user).balance_credits == 100 - get_settings().generation_cost + 500
