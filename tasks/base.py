@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
-import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -23,16 +21,9 @@ from billing.validation import InvalidRequest, _Args
 from tasks.names import PRIVILEGED
 from worker import events, metrics
 from worker.db import get_engine, get_session_factory
+from worker.logs import json_lines
 
-logger = logging.getLogger("billing.outcomes")
-if not logger.handlers:
-    # One bare JSON object per line on the process's real stderr, whatever Celery does with
-    # sys.stderr and the root logger, so log shippers can parse it as is.
-    _handler = logging.StreamHandler(sys.__stderr__)
-    _handler.setFormatter(logging.Formatter("%(message)s"))
-    logger.addHandler(_handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
+logger = json_lines("billing.outcomes")
 
 A = TypeVar("A", bound=_Args)
 

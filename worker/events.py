@@ -8,8 +8,6 @@ billing tasks use. A product defines one task with that name; it needs nothing o
 from __future__ import annotations
 
 import json
-import logging
-import sys
 from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 
@@ -18,30 +16,32 @@ from billing.settings import get_settings
 from billing.store import Store, connect
 from worker.app import app
 from worker.db import get_engine
+from worker.logs import json_lines
 
-logger = logging.getLogger("billing.events")
-if not logger.handlers:
-    # As the outcome lines (tasks.base): one JSON object per line on the real stderr.
-    _handler = logging.StreamHandler(sys.__stderr__)
-    _handler.setFormatter(logging.Formatter("%(message)s"))
-    logger.addHandler(_handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
+logger = json_lines("billing.events")
 
 
 def publish(messages: Sequence[outbox.Message]) -> None:
-    """Send the messages in order on one broker connection; raises if the broker refuses."""
+    """Send the messages in order on one broker connection; raises if the broker refuses.
+
+    Built with the app's own message protocol (``app.amqp``), as ``send_task`` builds it,
+    less what an event needs none of: a ``task-sent`` event for Flower and a pending result
+    (the product's task returns nothing to us). That halves the broker writes per event."""
     settings = get_settings()
+    amqp = app.amqp
+    name = settings.events_task
+    options = amqp.router.route({"queue": settings.events_queue}, name, (), {}, None)
     with app.producer_or_acquire() as producer:
         for event in messages:
-            app.send_task(
-                settings.events_task,
-                kwargs=event,
-                queue=settings.events_queue,
-                task_id=event["event_id"],
-                producer=producer,
+            message = amqp.create_task_message(
+                event["event_id"],
+                name,
+                (),
+                event,
+                create_sent_event=False,
                 ignore_result=True,
             )
+            amqp.send_task_message(producer, name, message, **options)
 
 
 def publish_after_commit(store: Store, user_ids: Collection[int] | None) -> int:

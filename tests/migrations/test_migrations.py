@@ -170,13 +170,19 @@ def test_0003_moves_resets_to_their_journal_and_refuses_to_drop_new_ones(
         engine.dispose()
 
 
-@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
-def test_0004_downgrade_refuses_while_holds_exist(backend, request, tmp_path):
+def _migrated(backend: str, request: pytest.FixtureRequest, tmp_path) -> str:
+    """A database of ``backend`` migrated to head; its URL."""
     if backend == "postgresql":
         url = request.getfixturevalue("scratch_url")
     else:
         url = f"sqlite:///{tmp_path / 'billing.sqlite'}"
     migrate.upgrade(url)
+    return url
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_0004_downgrade_refuses_while_holds_exist(backend, request, tmp_path):
+    url = _migrated(backend, request, tmp_path)
     engine = create_engine(url)
     try:
         with engine.begin() as conn:
@@ -230,11 +236,7 @@ def test_0004_downgrade_refuses_while_holds_exist(backend, request, tmp_path):
 
 @pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
 def test_0005_downgrade_refuses_while_events_are_unpublished(backend, request, tmp_path):
-    if backend == "postgresql":
-        url = request.getfixturevalue("scratch_url")
-    else:
-        url = f"sqlite:///{tmp_path / 'billing.sqlite'}"
-    migrate.upgrade(url)
+    url = _migrated(backend, request, tmp_path)
     engine = create_engine(url)
     insert = text(
         "INSERT INTO billing_events (event_id, type, user_id, occurred_at, data, published_at)"
