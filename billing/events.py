@@ -86,8 +86,12 @@ def detect(
     found: list[tuple[EventType, str | datetime, dict[str, Any]]] = []
     for entry in entries:
         if entry.entry_type == EntryType.EXPIRE and entry.hold_key is not None:
-            hold = {"hold_key": entry.hold_key, "source": str(entry.source)}
-            hold.update(returned=entry.amount, idempotency_key=entry.key)
+            hold = {
+                "hold_key": entry.hold_key,
+                "source": str(entry.source),
+                "returned": entry.amount,
+                "idempotency_key": entry.key,
+            }
             found.append((EventType.HOLD_EXPIRED, entry.hold_key, hold))
     if before is not None and key is not None:
         found.extend(_crossings(account, now, settings, key, before))

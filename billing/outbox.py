@@ -15,7 +15,7 @@ published: so one account's events reach the queue in the order they happened.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, exists, func, or_, select
@@ -23,8 +23,8 @@ from sqlalchemy import Connection, Engine, delete, exists, func, or_, select
 from billing import events, rules
 from billing.rules import ACCOUNT_COLUMNS, AccountRow
 from billing.settings import Settings
-from billing.store import Store
-from billing.store_sql import insert_unless_exists
+from billing.store import Store, Writes
+from billing.store_sql import SqlStore, db_now
 from models import Event, EventType, User
 
 EVENTS = Event.__table__
@@ -33,13 +33,6 @@ BATCH = 500
 
 Message = dict[str, Any]
 Publish = Callable[[Sequence[Message]], None]
-
-
-def _now(conn: Connection) -> datetime:
-    """The database's clock as it is now (not the transaction's start)."""
-    if conn.dialect.name == "postgresql":
-        return conn.execute(select(func.clock_timestamp())).scalar_one()
-    return datetime.now(UTC)
 
 
 def message(row: Any) -> Message:
@@ -88,7 +81,7 @@ def prune(engine: Engine, settings: Settings, *, batch: int = 1000) -> dict[str,
     with engine.connect() as conn:
         while True:
             with conn.begin():
-                now = _now(conn)
+                now = db_now(conn)
                 old = (
                     select(EVENTS.c.id)
                     .where(
@@ -125,6 +118,7 @@ def announce_subscriptions(
     notice = timedelta(days=settings.expiry_notice_days)
     lookback = timedelta(days=settings.events_retention_days)
     with engine.connect() as conn:
+        store = SqlStore(conn)
         for event_type, window in (
             (EventType.SUBSCRIPTION_EXPIRING, lambda now: (now, now + notice)),
             (EventType.SUBSCRIPTION_EXPIRED, lambda now: (now - lookback, now)),
@@ -132,23 +126,12 @@ def announce_subscriptions(
             after = 0
             while True:
                 with conn.begin():
-                    now = _now(conn)
+                    now = rules.as_utc(db_now(conn))
                     start, end = window(now)
                     locked, accounts = _lock_unannounced(conn, event_type, start, end, after, batch)
                     for account in accounts:
-                        notice_event = events.subscription_notice(
-                            account, rules.as_utc(now), settings, event_type
-                        )
-                        conn.execute(
-                            insert_unless_exists(conn, EVENTS).values(
-                                event_id=notice_event.event_id,
-                                type=notice_event.type,
-                                user_id=account.id,
-                                occurred_at=now,
-                                subject_at=notice_event.subject_at,
-                                data=notice_event.data,
-                            )
-                        )
+                        announced = events.subscription_notice(account, now, settings, event_type)
+                        store.write_rows(Writes(account.id, None, now, events=[announced]))
                 totals[str(event_type).rsplit(".", 1)[1]] += len(accounts)
                 if len(locked) < batch:
                     break

@@ -4,12 +4,13 @@ workers' ``/metrics``)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, func, select
 
 from billing import jobs
+from billing.rules import as_utc
+from billing.store_sql import db_now
 from models import Event, Hold, HoldStatus
 
 HOLDS = Hold.__table__
@@ -18,11 +19,7 @@ EVENTS = Event.__table__
 
 def database_state(engine: Engine) -> dict[str, Any]:
     with engine.connect() as conn:
-        now = (
-            conn.execute(select(func.now())).scalar_one()
-            if conn.dialect.name == "postgresql"
-            else datetime.now(UTC)
-        )
+        now = as_utc(db_now(conn))
         holds_open = conn.execute(
             select(func.count()).select_from(HOLDS).where(HOLDS.c.status == HoldStatus.HELD)
         ).scalar_one()
@@ -33,16 +30,12 @@ def database_state(engine: Engine) -> dict[str, Any]:
         ).one()
     runs = jobs.last_runs(engine)
     audit = runs.get(jobs.AUDIT)
-    age = (_utc(now) - _utc(oldest)).total_seconds() if oldest is not None else 0.0
+    age = (now - as_utc(oldest)).total_seconds() if oldest is not None else 0.0
     return {
         "holds_open": holds_open,
         "events_pending": pending,
         "events_oldest_pending_age_seconds": max(age, 0.0),
         "jobs": {job: runs[job] for job in jobs.JOBS if job in runs},
         "audit_mismatches": audit["result"].get("mismatch_count") if audit else None,
-        "now": _utc(now),
+        "now": now,
     }
-
-
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

@@ -56,15 +56,21 @@ def insert_unless_exists(conn: Connection, table: Table) -> Insert:
     return dialect.insert(table).on_conflict_do_nothing()
 
 
+def db_now(conn: Connection) -> datetime:
+    """The transaction's clock: PostgreSQL's ``now()``, one clock with the frame for every
+    worker; the process's on the embedded default, which runs on one machine."""
+    if conn.dialect.name == "postgresql":
+        return conn.execute(select(func.now())).scalar_one()
+    return datetime.now(UTC)
+
+
 class SqlStore:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.event_accounts: set[int] = set()
 
     def _now(self) -> datetime:
-        if self.conn.dialect.name == "postgresql":  # the expiry sweep: one clock with the frame
-            return self.conn.execute(select(func.now())).scalar_one()
-        return datetime.now(UTC)
+        return db_now(self.conn)
 
     def lock_due(self, after: int, limit: int) -> tuple[list[AccountRow], datetime]:
         """Begin; lock up to ``limit`` accounts past id ``after`` that have a hold due, skipping

@@ -44,9 +44,9 @@ def publish(messages: Sequence[outbox.Message]) -> None:
             amqp.send_task_message(producer, name, message, **options)
 
 
-def publish_after_commit(store: Store, user_ids: Collection[int] | None) -> int:
-    """Publish the accounts' unpublished events (None: every account's) right after the
-    movement's commit, on the movement's own connection; the count published."""
+def publish_after_commit(store: Store, user_ids: Collection[int]) -> int:
+    """Publish the accounts' unpublished events right after the movement's commit, on the
+    movement's own connection; the count published."""
     return outbox.publish_pending(store, publish, user_ids=user_ids)["published"]
 
 
@@ -56,14 +56,14 @@ def publish_all() -> dict[str, int]:
         return outbox.publish_pending(store, publish)
 
 
-def unpublished(user_ids: Collection[int] | None, exc: BaseException) -> None:
+def unpublished(user_ids: Collection[int], exc: BaseException) -> None:
     """A publication that failed (the broker away): the movement committed and its events are
     safe in the outbox; the beat's relay sweep publishes them. One warning line."""
     line = {
         "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
         "level": "warning",
         "event": "billing.events.unpublished",
-        "accounts": sorted(user_ids) if user_ids is not None else "all",
+        "accounts": sorted(user_ids),
         "error": f"{type(exc).__name__}: {exc}"[:500],
     }
     logger.warning(json.dumps(line))
