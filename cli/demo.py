@@ -22,7 +22,7 @@ from billing import migrate
 from billing.db import create_db_engine, mask_url
 from billing.settings import get_settings
 from cli import processes
-from cli.main import format_ledger_rows
+from cli.main import event_subject, format_ledger_rows
 from models import User, UserRole
 from tasks import names
 
@@ -252,6 +252,4 @@ def _report_events(db_url: str, accounts: dict[str, dict[str, Any]]) -> None:
         f" queue {settings.events_queue!r} as task {settings.events_task!r}"
     )
     for row in rows:
-        data = row.data
-        what = data.get("hold_key") or data.get("ends_at") or data.get("idempotency_key") or ""
-        print(f"  {row.type:<24} {kinds[row.user_id]:<22} {what}")
+        print(f"  {row.type:<24} {kinds[row.user_id]:<22} {event_subject(row.data)}")

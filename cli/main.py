@@ -180,11 +180,16 @@ def _cmd_events(args: argparse.Namespace) -> int:
     return _print(result, args.json, _format_events)
 
 
+def event_subject(data: dict[str, Any]) -> str:
+    """What an event is about, in a word: its hold, its subscription's end, or its movement."""
+    return data.get("hold_key") or data.get("ends_at") or data.get("idempotency_key") or ""
+
+
 def _format_events(result: dict[str, Any]) -> str:
     lines = [f"{'seq':>8}  {'occurred_at':<32} {'type':<23} {'user':>14}  {'published':<10} what"]
     for e in result["events"]:
         data = e["data"]
-        what = data.get("hold_key") or data.get("ends_at") or data.get("idempotency_key") or ""
+        what = event_subject(data)
         lines.append(
             f"{data['sequence']:>8}  {e['occurred_at']:<32} {e['type']:<23} {e['user_id']:>14}"
             f"  {'yes' if e['published_at'] else 'PENDING':<10} {what}"
