@@ -1,6 +1,7 @@
 """The one place the Celery app is configured. Values come from the BILLING_* settings."""
 
 from billing.settings import get_settings
+from billing_client import rabbitmq
 from billing_client.names import PRIVILEGED
 
 _settings = get_settings()
@@ -40,6 +41,15 @@ broker_transport_options = (
     if broker_url.startswith(("redis", "rediss"))
     else {}
 )
+if rabbitmq.is_amqp(broker_url):
+    # RabbitMQ: quorum queues with a delivery limit and the dead-letter queue, topic exchanges
+    # for native delayed delivery, publisher confirms (billing_client.rabbitmq). Its
+    # consumer_timeout plays the visibility timeout's part (README: Brokers).
+    task_queues = rabbitmq.task_queues(
+        _settings.queue, _settings.admin_queue, _settings.delivery_limit
+    )
+    task_create_missing_queue_type = rabbitmq.MISSING_QUEUE_TYPE
+    broker_transport_options = rabbitmq.TRANSPORT_OPTIONS
 result_backend_transport_options = {"retry_policy": {"timeout": 5.0}}
 # A result that cannot be stored while Redis restarts is retried, not lost with the task.
 result_backend_always_retry = True

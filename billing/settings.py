@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     task_max_retries: int = Field(default=8, ge=0)
     # Must exceed the longest task plus all its retries, or Redis redelivers a running task.
     visibility_timeout: int = Field(default=3600, gt=0)
+    # RabbitMQ: a message redelivered more often than this (each worker that died running it
+    # puts it back) goes to the dead-letter queue, billing.dead (billing_client.rabbitmq).
+    delivery_limit: int = Field(default=10, ge=1, le=1000)
     reset_interval_seconds: float = Field(default=900.0, gt=0)
     # A hold nobody captures or releases gives everything back after this long (a reserve may
     # ask for 1 s to 1 day); the beat's sweep looks for expired holds this often, and every

@@ -11,8 +11,12 @@ worker code. Copy this one package into a producer, or install the project.
     if paid.ok:
         ...
 
-A BillingTimeout or BillingFailed (both OutcomeUnknown) means the outcome is unknown, not
-that nothing happened: send the same request with the same key again, never a new key.
+On RabbitMQ (``amqp://``) it declares the billing queues as the workers do and publishes
+with confirms: a message the broker did not confirm raises NotConfirmed.
+
+A BillingTimeout, BillingFailed or NotConfirmed (all OutcomeUnknown) means the outcome is
+unknown, not that nothing happened: send the same request with the same key again, never a
+new key.
 """
 
 from billing_client import names
@@ -21,6 +25,7 @@ from billing_client.client import (
     BillingFailed,
     BillingResult,
     BillingTimeout,
+    NotConfirmed,
     OutcomeUnknown,
 )
 
@@ -29,6 +34,7 @@ __all__ = [
     "BillingFailed",
     "BillingResult",
     "BillingTimeout",
+    "NotConfirmed",
     "OutcomeUnknown",
     "names",
 ]

@@ -8,8 +8,9 @@ from typing import Any
 from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.utils.saferepr import saferepr
+from kombu.exceptions import OperationalError as KombuOperationalError
 
-from billing_client import names
+from billing_client import names, rabbitmq
 from billing_client.names import PRIVILEGED, SENT_AT_HEADER
 
 
@@ -22,6 +23,12 @@ class OutcomeUnknown(Exception):
 
 class BillingTimeout(OutcomeUnknown):
     """No answer in time. Outcome unknown: send the same request with the same key again."""
+
+
+class NotConfirmed(OutcomeUnknown):
+    """The broker did not take the message: it refused it (RabbitMQ's negative confirm), or it
+    could not be reached or went away before it confirmed. It may or may not be queued: send
+    the same request with the same key again."""
 
 
 class BillingFailed(OutcomeUnknown):
@@ -89,6 +96,9 @@ class BillingClient:
             app.conf.task_serializer = "json"
             app.conf.result_serializer = "json"
             app.conf.accept_content = ["json"]
+            if broker_url and rabbitmq.is_amqp(broker_url):
+                # The queues declared as the workers declare them, and publisher confirms.
+                rabbitmq.configure(app.conf, queue, admin_queue)
         self.app = app
         self.queue = queue
         self.admin_queue = admin_queue
@@ -102,14 +112,18 @@ class BillingClient:
     def call(self, name: str, timeout: float | None = None, **kwargs: Any) -> BillingResult:
         """Send one task by name and wait for its answer."""
         shown = {k: ("<hidden>" if k == "meta" and v is not None else v) for k, v in kwargs.items()}
-        pending = self.app.send_task(
-            name,
-            kwargs=kwargs,
-            queue=self.queue_for(name),
-            kwargsrepr=saferepr(shown),
-            # When it was sent: the workers' queue-wait metric (worker.metrics).
-            headers={SENT_AT_HEADER: time.time()},
-        )
+        try:
+            pending = self.app.send_task(
+                name,
+                kwargs=kwargs,
+                queue=self.queue_for(name),
+                kwargsrepr=saferepr(shown),
+                # When it was sent: the workers' queue-wait metric (worker.metrics).
+                headers={SENT_AT_HEADER: time.time()},
+            )
+        except KombuOperationalError as exc:
+            # Celery's publish retries are spent; on RabbitMQ a negative confirm lands here.
+            raise NotConfirmed(f"{name} was not confirmed by the broker: {exc!r}") from exc
         try:
             answer = pending.get(timeout=timeout or self.timeout, propagate=False)
         except CeleryTimeoutError:

@@ -18,6 +18,7 @@ from billing.db import transaction
 from billing.settings import Settings, get_settings
 from billing.store import KeyRaced, Store
 from billing.validation import InvalidRequest, _Args
+from billing_client import rabbitmq
 from tasks.names import PRIVILEGED
 from worker import events, metrics
 from worker.db import get_engine, get_session_factory
@@ -154,7 +155,9 @@ class BillingTask(Task):
         if self.name not in PRIVILEGED:
             return None
         delivery = getattr(self.request, "delivery_info", None) or {}
-        queue = delivery.get("routing_key")
+        routing_key = delivery.get("routing_key")
+        # A retry delayed on RabbitMQ comes back with its countdown in front of the key.
+        queue = None if routing_key is None else rabbitmq.queue_of(routing_key)
         if queue is None or queue == settings.admin_queue:
             return None  # run in-process (no queue), or from the admin queue
         return results.forbidden_queue(self.name, queue, settings.admin_queue)

@@ -13,5 +13,8 @@ if app.conf.broker_url.startswith("sqla+"):
 
     Transport.polling_interval = 0.05
 
+import worker.broker  # noqa: E402
 import worker.metrics  # noqa: E402  (serves /metrics when BILLING_METRICS_PORT is set)
-import worker.signals  # noqa: E402,F401  (connects the per-process engine handlers)
+import worker.signals  # noqa: E402  (connects the per-process engine handlers)
+
+worker.broker.install(app)

@@ -2,8 +2,9 @@
 
 Exactly one beat should run per deployment. If a second one is started by mistake (or as a
 standby), it finds the lock taken and sends nothing; it takes over within the lock's TTL if
-the first one dies. The lock lives in Redis when the broker is Redis (shared by every
-machine), else in a file under BILLING_DATA_DIR (the embedded default is single-machine).
+the first one dies. The lock lives in Redis, shared by every machine: the broker's when the
+broker is Redis, the result backend's when the broker is RabbitMQ; with no Redis at all, in
+a file under BILLING_DATA_DIR (the embedded default is single-machine).
 """
 
 from __future__ import annotations
@@ -82,9 +83,10 @@ class FileBeatLock:
             self._file = None
 
 
-def lock_for(broker_url: str) -> BeatLock:
-    if broker_url.startswith(("redis://", "rediss://")):
-        return RedisBeatLock(broker_url)
+def lock_for(broker_url: str, result_backend: str | None = None) -> BeatLock:
+    for url in (broker_url, result_backend or ""):
+        if url.startswith(("redis://", "rediss://")):
+            return RedisBeatLock(url)
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return FileBeatLock(settings.data_dir / "beat.lock")
@@ -92,7 +94,7 @@ def lock_for(broker_url: str) -> BeatLock:
 
 class SingleBeatScheduler(PersistentScheduler):
     def __init__(self, app: Any, *args: Any, **kwargs: Any) -> None:
-        self._beat_lock = lock_for(app.conf.broker_url)
+        self._beat_lock = lock_for(app.conf.broker_url, app.conf.result_backend)
         self._standing_by = False
         super().__init__(app, *args, **kwargs)
 
