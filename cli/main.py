@@ -14,6 +14,7 @@ from sqlalchemy.exc import OperationalError
 
 from billing.db import mask_url
 from billing.validation import InvalidRequest
+from billing_client import rabbitmq
 from cli.processes import BrokerUnreachable
 
 
@@ -219,6 +220,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
             "ok": True,
             "code": 200,
             "workers": inspect.workers_up(app),
+            # RabbitMQ only (None elsewhere): messages that outlived their delivery limit.
+            "dead_letters": queues.get(rabbitmq.DEAD_LETTER_QUEUE),
             "queues": {
                 queue: {
                     "length": length,
@@ -269,10 +272,20 @@ def _format_status(result: dict[str, Any]) -> str:
     events = f"{result['events_pending']} unpublished"
     if result["events_pending"]:
         events += f", the oldest {_ago(result['events_oldest_pending_age_seconds'])}"
+    dead = result["dead_letters"]
+    dead_line = (
+        []
+        if dead is None
+        else [
+            f"dead:     {dead} in {rabbitmq.DEAD_LETTER_QUEUE}"
+            + (" (README: Runbook, Dead letters)" if dead else "")
+        ]
+    )
     return "\n".join(
         [
             f"workers:  {shown}",
             f"queues:   {queues}",
+            *dead_line,
             f"holds:    {result['holds_open']} open",
             f"events:   {events}",
             f"audit:    {audit}",
@@ -287,6 +300,37 @@ def _ago(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.0f}m ago"
     return f"{seconds / 3600:.1f}h ago"
+
+
+def _cmd_dead_letters(args: argparse.Namespace) -> int:
+    from worker import dead_letters
+    from worker.app import app
+
+    if not rabbitmq.is_amqp(app.conf.broker_url):
+        result = {
+            "ok": False,
+            "code": 400,
+            "error": "not_rabbitmq",
+            "message": "only RabbitMQ has a dead-letter queue; BILLING_BROKER_URL is not amqp://",
+        }
+    elif args.requeue:
+        moved = dead_letters.requeue(app)
+        result = {"ok": True, "code": 200, "requeued": moved}
+    else:
+        result = {"ok": True, "code": 200, "dead_letters": dead_letters.peek(app, args.limit)}
+    return _print(result, args.json, _format_dead_letters)
+
+
+def _format_dead_letters(result: dict[str, Any]) -> str:
+    listed = result.get("dead_letters", result.get("requeued", []))
+    verb = "moved back" if "requeued" in result else "in " + rabbitmq.DEAD_LETTER_QUEUE
+    lines = [f"{len(listed)} message(s) {verb}"]
+    for m in listed:
+        lines.append(
+            f"  {m['task']} [{m['task_id']}] from {m['queue']} ({m['reason']}, {m['died_at']}):"
+            f" {m['kwargs']}"
+        )
+    return "\n".join(lines)
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
@@ -455,6 +499,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_cmd_events)
+
+    p = sub.add_parser(
+        "dead-letters", help="RabbitMQ: list the dead-letter queue, or move it back (--requeue)"
+    )
+    p.add_argument("--limit", type=int, default=20, help="list at most this many")
+    p.add_argument(
+        "--requeue", action="store_true", help="publish each again to the queue it died on"
+    )
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_cmd_dead_letters)
 
     p = sub.add_parser(
         "audit", help="check that balances and counters match the ledger (exit 1 if not)"

@@ -7,12 +7,17 @@ import time
 from typing import Any
 
 from billing.settings import get_settings
+from billing_client import rabbitmq
 from worker.metrics import SENT_AT_HEADER
 
 
 def billing_queues() -> list[str]:
+    """The queues an operator watches; on RabbitMQ, the dead-letter queue too."""
     settings = get_settings()
-    return [settings.queue, settings.admin_queue, settings.events_queue]
+    queues = [settings.queue, settings.admin_queue, settings.events_queue]
+    if rabbitmq.is_amqp(settings.effective_broker_url()):
+        queues.append(rabbitmq.DEAD_LETTER_QUEUE)
+    return queues
 
 
 def queue_lengths(app: Any, queues: list[str] | None = None) -> dict[str, int]:

@@ -1,0 +1,91 @@
+"""RabbitMQ's dead-letter queue, for an operator: what is in it, and moving it back.
+
+A message lands in ``billing.dead`` when it was redelivered more than the delivery limit,
+each time because the worker process running it died (billing_client.rabbitmq). Reading
+takes messages without acknowledging them and closes the channel, which puts them all back;
+moving one back publishes it again, confirmed, to the queue it died on (its ``x-death``
+record says which), and only then acknowledges the dead copy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from billing_client import rabbitmq
+from tasks.request import masked_kwargs
+
+
+def _kwargs(message: Any) -> str:
+    """The task's keyword arguments with ``meta`` hidden, whatever the producer sent."""
+    try:
+        body = message.decode()
+        return masked_kwargs(body[1])
+    except Exception as exc:  # not a Celery task message: say so, do not fail the listing
+        return f"<undecodable: {type(exc).__name__}>"
+
+
+def _describe(message: Any) -> dict[str, Any]:
+    headers = message.headers or {}
+    deaths = headers.get("x-death") or [{}]
+    first = deaths[0]
+    return {
+        "task": headers.get("task"),
+        "task_id": headers.get("id"),
+        "kwargs": _kwargs(message),
+        "queue": first.get("queue"),
+        "reason": first.get("reason"),
+        "died_at": first["time"].isoformat() if first.get("time") else None,
+    }
+
+
+def _channel(conn: Any) -> Any:
+    channel = conn.channel()
+    rabbitmq.dead_letter_queue()(channel).declare()
+    return channel
+
+
+def peek(app: Any, limit: int = 20) -> list[dict[str, Any]]:
+    """The first ``limit`` dead letters, left where they are."""
+    with app.connection_for_read() as conn:
+        channel = _channel(conn)
+        queue = rabbitmq.dead_letter_queue()(channel)
+        seen = []
+        try:
+            while len(seen) < limit and (message := queue.get(no_ack=False)) is not None:
+                seen.append(_describe(message))
+        finally:
+            channel.close()  # the unacknowledged messages go back to the queue
+    return seen
+
+
+def requeue(app: Any) -> list[dict[str, Any]]:
+    """Publish every dead letter again to the queue it died on, then drop the dead copy.
+
+    Through that queue's exchange (its own name), without declaring it: it exists, with
+    whatever arguments it was declared with; if it was deleted since, the publish fails and
+    the message stays where it is."""
+    moved = []
+    with app.connection_for_write() as conn:
+        channel = _channel(conn)
+        queue = rabbitmq.dead_letter_queue()(channel)
+        producer = conn.Producer(channel=channel)
+        try:
+            while (message := queue.get(no_ack=False)) is not None:
+                described = _describe(message)
+                headers = {k: v for k, v in (message.headers or {}).items() if k != "x-death"}
+                producer.publish(
+                    message.body,
+                    exchange=described["queue"],
+                    routing_key=described["queue"],
+                    headers=headers,
+                    content_type=message.content_type,
+                    content_encoding=message.content_encoding,
+                    correlation_id=message.properties.get("correlation_id"),
+                    reply_to=message.properties.get("reply_to"),
+                    delivery_mode=2,
+                )
+                message.ack()
+                moved.append(described)
+        finally:
+            channel.close()
+    return moved
