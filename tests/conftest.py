@@ -25,7 +25,7 @@ from billing import migrate
 from billing.settings import get_settings, reload_settings
 from cli import processes
 from models import User, UserRole
-from tests import db
+from tests import brokers, db
 from tests.procs import LOG_DIR
 from tests.services import REDIS_URL, TEST_DATABASE, database_url
 from worker import app
@@ -64,6 +64,21 @@ def celery_worker(database: str) -> Iterator[Any]:
     ) as worker:
         yield worker
     worker_db.reset_engine()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> str:
+    """The session's RabbitMQ vhost, empty at the start."""
+    brokers.fresh_vhost()
+    return brokers.RABBITMQ_URL
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def broker(request: pytest.FixtureRequest) -> brokers.Broker:
+    """Each broker the billing tasks run on, in turn."""
+    if request.param == "rabbitmq":
+        return brokers.rabbitmq_broker(request.getfixturevalue("rabbitmq_url"))
+    return brokers.redis_broker()
 
 
 RECEIVED_KEY = "billing-test:received"

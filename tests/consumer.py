@@ -16,6 +16,8 @@ RECEIVED_KEY = os.environ.get("BILLING_TEST_RECEIVED_KEY", "billing-test:receive
 
 app = Celery("product", broker=BROKER_URL)
 app.conf.task_default_queue = QUEUE
+if BROKER_URL.startswith("amqp"):
+    app.conf.task_default_queue_type = "quorum"  # as the billing workers declare it
 app.conf.accept_content = ["json"]
 app.conf.worker_prefetch_multiplier = 1
 app.conf.worker_hijack_root_logger = False

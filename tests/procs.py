@@ -27,13 +27,17 @@ def celery_worker_process(
     loglevel: str = "WARNING",
     control_app=None,
     supervised: bool = False,
+    include: str | None = None,
 ) -> Iterator[subprocess.Popen]:
     """A worker on its own queue; the process carries ``log_path``, its combined output.
-    ``supervised`` runs it as `billing worker` does, restarted if it dies on its own."""
+    ``supervised`` runs it as `billing worker` does, restarted if it dies on its own;
+    ``include`` imports one more module of tasks."""
     hostname = f"test-{uuid.uuid4().hex[:8]}@%h"
     # A test's worker on its own queue takes the privileged tasks sent there too.
     env = {"BILLING_ADMIN_QUEUE": queue, **(env or {})}
     cmd = processes.worker_command(queue, concurrency, pool, hostname, loglevel=loglevel)
+    if include:
+        cmd += ["-I", include]
     if supervised:
         cmd = [
             sys.executable, "-m", "cli.main", "worker", "--queue", queue,

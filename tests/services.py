@@ -1,4 +1,4 @@
-"""Where the test suite finds PostgreSQL and Redis. Never the production BILLING_* URLs."""
+"""Where the test suite finds PostgreSQL, Redis and RabbitMQ; never the production URLs."""
 
 from __future__ import annotations
 
@@ -10,6 +10,10 @@ ADMIN_DATABASE_URL = os.environ.get(
     "BILLING_TEST_ADMIN_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
 REDIS_URL = os.environ.get("BILLING_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+# A vhost of its own on the machine's RabbitMQ; the session fixture creates it afresh.
+RABBITMQ_URL = os.environ.get(
+    "BILLING_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/billing-test"
+)
 TEST_DATABASE = "billing_test"
 
 

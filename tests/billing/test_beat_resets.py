@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -161,8 +162,10 @@ def test_reset_racing_100_concurrent_charges_loses_nothing(worker, accounts, eng
 
 
 def test_a_real_beat_fires_the_reset_the_sweeps_and_the_relay_and_a_second_beat_stands_by(
-    worker, accounts, engine, tmp_path
+    worker, accounts, engine, tmp_path, broker
 ):
+    """On each broker: on RabbitMQ the beat's tasks go to a worker process of their own (the
+    in-process worker is on Redis), and the beat lock lives in the result backend's Redis."""
     user = accounts.create(freemium_actions_used=4, freemium_reset_at=days_ago(31))
     # A hold nobody settles or touches again: only the beat's sweep can expire it.
     abandoned = accounts.credits_only()
@@ -181,6 +184,7 @@ def test_a_real_beat_fires_the_reset_the_sweeps_and_the_relay_and_a_second_beat_
             [*env_cmd, "--schedule", str(tmp_path / f"{name}-schedule")],
             env={
                 **os.environ,
+                "BILLING_BROKER_URL": broker.url,
                 "BILLING_RESET_INTERVAL_SECONDS": "1",
                 "BILLING_HOLD_SWEEP_SECONDS": "1",
                 "BILLING_EVENTS_SWEEP_SECONDS": "1",
@@ -190,6 +194,16 @@ def test_a_real_beat_fires_the_reset_the_sweeps_and_the_relay_and_a_second_beat_
             stderr=subprocess.STDOUT,
         )
 
+    stack = contextlib.ExitStack()
+    if broker.amqp:
+        queues = {"BILLING_QUEUE": "billing", "BILLING_ADMIN_QUEUE": "billing-admin"}
+        control = stack.enter_context(broker.producer("billing"))
+        stack.enter_context(
+            celery_worker_process(
+                "billing,billing-admin", 2, env={**broker.worker_env("billing"), **queues},
+                control_app=control,
+            )
+        )  # fmt: skip
     first = beat("first")
     second = None
     try:
@@ -231,6 +245,7 @@ def test_a_real_beat_fires_the_reset_the_sweeps_and_the_relay_and_a_second_beat_
             if proc is not None:
                 proc.terminate()
                 proc.wait(timeout=30)
+        stack.close()
 
 
 def test_a_period_already_in_the_journal_is_skipped_counted_and_logged_not_fatal(

@@ -10,9 +10,21 @@ import venv
 from pathlib import Path
 
 import pytest
+from amqp.exceptions import MessageNacked
+from celery import Celery
+from kombu import Connection
+from kombu.exceptions import OperationalError as KombuOperationalError
 
 import billing_client
-from billing_client import BillingClient, BillingFailed, BillingTimeout, OutcomeUnknown
+from billing_client import (
+    BillingClient,
+    BillingFailed,
+    BillingTimeout,
+    NotConfirmed,
+    OutcomeUnknown,
+)
+from tests import brokers
+from tests.procs import celery_worker_process
 from tests.services import REDIS_URL
 from worker import app
 
@@ -29,7 +41,7 @@ for forbidden in ("sqlalchemy", "psycopg", "pydantic", "billing", "models", "wor
 
 from billing_client import BillingClient, BillingFailed, BillingTimeout, OutcomeUnknown
 
-client = BillingClient(broker_url=sys.argv[1], result_backend=sys.argv[1], timeout=30)
+client = BillingClient(broker_url=sys.argv[1], result_backend=sys.argv[3], timeout=30)
 user = int(sys.argv[2])
 paid = client.charge_generation(user, "producer-1", meta={"job": "j-1"})
 again = client.charge_generation(user, "producer-1", meta={"job": "j-1"})
@@ -52,9 +64,11 @@ print(json.dumps({
 """
 
 
-def test_client_charges_from_a_celery_only_process(worker, accounts, tmp_path):
-    user = accounts.credits_only()
-    env_dir = tmp_path / "producer-venv"
+@pytest.fixture(scope="module")
+def producer_python(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A virtualenv with Celery and nothing else of ours, and a copy of billing_client."""
+    root = tmp_path_factory.mktemp("producer")
+    env_dir = root / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
     python = env_dir / "bin" / "python"
     subprocess.run(
@@ -62,17 +76,89 @@ def test_client_charges_from_a_celery_only_process(worker, accounts, tmp_path):
         check=True,
         timeout=600,
     )
-    src = tmp_path / "src"
+    src = root / "src"
     shutil.copytree(ROOT, src / "billing_client")
+    return python, src
 
+
+def test_client_charges_from_a_celery_only_process(worker, accounts, producer_python):
+    user = accounts.credits_only()
+    python, src = producer_python
     run = subprocess.run(
-        [python, "-c", PRODUCER, REDIS_URL, str(user)],
+        [python, "-c", PRODUCER, REDIS_URL, str(user), REDIS_URL],
         cwd=src,
         capture_output=True,
         text=True,
         timeout=120,
     )
+    _check_producer_report(run, python)
 
+
+def test_client_on_rabbitmq_from_a_celery_only_process(
+    engine, accounts, producer_python, rabbitmq_url
+):
+    """The same producer on RabbitMQ: it declares the quorum queues as the worker does (a
+    different declaration would be refused) and its publishes are confirmed."""
+    user = accounts.credits_only()
+    python, src = producer_python
+    env = {
+        "BILLING_BROKER_URL": rabbitmq_url,
+        "BILLING_QUEUE": "billing",
+        "BILLING_ADMIN_QUEUE": "billing-admin",
+    }
+    producer = Celery("control", broker=rabbitmq_url)
+    with celery_worker_process("billing,billing-admin", 2, env=env, control_app=producer):
+        run = subprocess.run(
+            [python, "-c", PRODUCER, rabbitmq_url, str(user), REDIS_URL],
+            cwd=src,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    producer.close()
+    _check_producer_report(run, python)
+    queues = brokers.rabbitmqctl(
+        "list_queues", "-p", Connection(rabbitmq_url).virtual_host, "name", "type"
+    ).stdout.split("\n")
+    assert "billing\tquorum" in queues and "billing-admin\tquorum" in queues
+
+
+def test_a_message_rabbitmq_refuses_raises_not_confirmed(rabbitmq_url):
+    """A queue at its length limit refuses a publish (reject-publish overflow): RabbitMQ
+    answers with a negative confirm, and the producer is told the message was not taken."""
+    queue = "billing-capped"
+    vhost = Connection(rabbitmq_url).virtual_host
+    capped = brokers.rabbitmqctl(
+        "set_policy", "-p", vhost, "--apply-to", "queues", "cap", f"^{queue}$",
+        '{"max-length": 1}',
+    )  # fmt: skip
+    assert capped.returncode == 0, capped.stderr
+    client = BillingClient(
+        broker_url=rabbitmq_url, result_backend=REDIS_URL, queue=queue, admin_queue=queue
+    )
+    try:
+        # Fill it: a quorum queue takes one message past its limit before it refuses.
+        for _ in range(3):
+            try:
+                client.app.send_task(
+                    "billing.charge_generation", kwargs={"user_id": 1, "idempotency_key": "cap"},
+                    queue=queue,
+                )  # fmt: skip
+            except KombuOperationalError:
+                break
+        full = brokers.queue_length(rabbitmq_url, queue)
+        with pytest.raises(NotConfirmed) as refused:
+            client.charge_generation(1, "cap-2")
+    finally:
+        client.app.close()
+        brokers.rabbitmqctl("clear_policy", "-p", vhost, "cap")
+    assert full >= 1
+    assert isinstance(refused.value, OutcomeUnknown)  # resend with the same key
+    assert isinstance(refused.value.__cause__.__cause__, MessageNacked)
+    assert brokers.queue_length(rabbitmq_url, queue) == full  # nothing more was queued
+
+
+def _check_producer_report(run: subprocess.CompletedProcess, python: Path) -> None:
     assert run.returncode == 0, run.stderr
     report = json.loads(run.stdout)
     assert report["paid"] == [True, 200, "credits", 10, False]

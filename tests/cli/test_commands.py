@@ -25,6 +25,7 @@ SUBCOMMANDS = [
     "grant",
     "events",
     "status",
+    "dead-letters",
     "audit",
 ]
 
@@ -198,3 +199,9 @@ def test_a_worker_consumes_both_queues_unless_told_one():
 
     command = processes.worker_command()
     assert command[command.index("-Q") + 1] == "billing,billing-admin"
+
+
+def test_dead_letters_needs_rabbitmq():
+    shown = billing("dead-letters")
+    assert shown.returncode == 1
+    assert "error 400 not_rabbitmq" in shown.stderr

@@ -1,96 +1,102 @@
 """Fault injection: crashes, restarts and duplicate storms lose nothing and double nothing.
 
-Each scenario runs real `celery worker` subprocesses against the real PostgreSQL and Redis,
-sends 2,000 charges over 200 accounts and checks the invariants in ``harness``.
+Each scenario runs real `celery worker` subprocesses against the real PostgreSQL, on each
+broker in turn (Redis, and RabbitMQ's quorum queues), with results in Redis; it sends 2,000
+charges over 200 accounts and checks the invariants in ``harness``. On RabbitMQ the producer
+never resends a key: every message it sent is answered.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
-import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from celery import Celery
 from sqlalchemy import text
 
+from tests.brokers import Broker, OwnRabbitMQ, OwnRedis
 from tests.faults import harness
 from tests.procs import celery_worker_process, children
-from worker import app
 
 pytestmark = pytest.mark.faults
 
 
-def _report(name: str, report: harness.Report) -> None:
-    print(f"\n[{name}] {report.line()}")
+def _report(name: str, broker: Broker, report: harness.Report) -> None:
+    print(f"\n[{broker.name}: {name}] {report.line()}")
 
 
-def test_killed_worker_child_and_killed_worker(engine, database):
-    queue = "faults-kill"
+def _env(broker: Broker, queue: str) -> dict[str, str]:
+    return {**harness.WORKER_ENV, **broker.worker_env(queue)}
+
+
+def test_killed_worker_child_and_killed_worker(engine, database, broker):
+    queue = f"faults-kill-{broker.name}"
+    env = _env(broker, queue)
     fleet = harness.prepare_fleet(database)
-    with celery_worker_process(queue, concurrency=4, env=harness.WORKER_ENV) as first:
-        sent = harness.send_stream(app, fleet, queue)
-        harness.wait_until_progress(engine, 300)
-        child = children(first.pid)[0]
-        os.kill(child, signal.SIGKILL)  # one pool process, mid-task
-        harness.wait_until_progress(engine, 900)
-        os.killpg(first.pid, signal.SIGKILL)  # the whole worker, children and all
-        first.wait()
-    # Its unacknowledged messages come back after the visibility timeout, to the new worker.
-    with celery_worker_process(queue, concurrency=4, env=harness.WORKER_ENV):
-        report, _answers = harness.finish(engine, app, fleet, sent, queue)
-    _report("SIGKILL child + SIGKILL worker", report)
+    with broker.producer(queue) as app:
+        with celery_worker_process(queue, 4, env=env, control_app=app) as first:
+            sent = harness.send_stream(app, fleet, queue)
+            harness.wait_until_progress(engine, 300)
+            child = children(first.pid)[0]
+            os.kill(child, signal.SIGKILL)  # one pool process, mid-task
+            harness.wait_until_progress(engine, 900)
+            os.killpg(first.pid, signal.SIGKILL)  # the whole worker, children and all
+            first.wait()
+        # Its unacknowledged messages come back to the new worker: at once on RabbitMQ (the
+        # connection closed), after the visibility timeout on Redis.
+        with celery_worker_process(queue, 4, env=env, control_app=app):
+            report, _answers = harness.finish(engine, app, fleet, sent, queue, broker)
+    _report("SIGKILL child + SIGKILL worker", broker, report)
 
 
-def test_holds_outlive_a_killed_worker_and_expire_when_the_pipeline_dies(engine, database):
+def test_holds_outlive_a_killed_worker_and_expire_when_the_pipeline_dies(engine, database, broker):
     """Reserves instead of charges: a worker is SIGKILLed mid-stream (its reserves come back
     to the next one) while the pipeline captures every other job as soon as its hold is
     answered; then the pipeline dies, and the holds it left open expire and give back
     everything they took. Their time runs out by moving their deadlines to now, as the other
     tests move the clock: nothing expires during the stream, so exactly as many reserves
     succeed as the balances allow."""
-    queue = "faults-holds"
+    queue = f"faults-holds-{broker.name}"
+    env = _env(broker, queue)
     ttl = 3600
     fleet = harness.prepare_fleet(database)
     with engine.connect() as conn:
         before = conn.execute(text(_TOTALS)).one()
-    with celery_worker_process(queue, concurrency=4, env=harness.WORKER_ENV) as first:
-        sent = harness.send_stream(app, fleet, queue, hold_ttl=ttl)
-        harness.wait_until_progress(engine, 500)
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait()
-    with celery_worker_process(queue, concurrency=4, env=harness.WORKER_ENV):
-        captures = _capture_as_answered(sent, every=2, queue=queue, budget=120)
-        report, answers = harness.finish(engine, app, fleet, sent, queue, hold_ttl=ttl)
-        held = sorted(key for key, copies in answers.items() if copies[0]["code"] == 200)
-        answered = {key: result.get(timeout=120) for key, result in captures.items()}
-        assert all(a["code"] == 200 for a in answered.values()), answered
-        captured = sorted(answered)
-        assert len(captured) > len(held) // 3
-        # The pipeline is gone: the open holds' time runs out.
-        with engine.begin() as conn:
-            conn.execute(
-                text(
-                    "UPDATE billing_holds SET expires_at = now() - interval '1 millisecond'"
-                    " WHERE status = 'held'"
+    with broker.producer(queue) as app:
+        with celery_worker_process(queue, 4, env=env, control_app=app) as first:
+            sent = harness.send_stream(app, fleet, queue, hold_ttl=ttl)
+            harness.wait_until_progress(engine, 500)
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+        with celery_worker_process(queue, 4, env=env, control_app=app):
+            captures = _capture_as_answered(app, sent, every=2, queue=queue, budget=120)
+            report, answers = harness.finish(engine, app, fleet, sent, queue, broker, hold_ttl=ttl)
+            held = sorted(key for key, copies in answers.items() if copies[0]["code"] == 200)
+            answered = {key: result.get(timeout=120) for key, result in captures.items()}
+            assert all(a["code"] == 200 for a in answered.values()), answered
+            captured = sorted(answered)
+            assert len(captured) > len(held) // 3
+            # The pipeline is gone: the open holds' time runs out.
+            with engine.begin() as conn:
+                conn.execute(
+                    text(
+                        "UPDATE billing_holds SET expires_at = now() - interval '1 millisecond'"
+                        " WHERE status = 'held'"
+                    )
                 )
-            )
-        # Some accounts are touched again and expire their holds themselves; the sweep,
-        # run twice at once, gets the rest.
-        touched = [
-            app.send_task("billing.get_state", kwargs={"user_id": u}, queue=queue)
-            for u in fleet.user_ids[::7]
-        ]
-        sweeps = [app.send_task("billing.expire_holds", queue=queue) for _ in range(2)]
-        assert all(t.get(timeout=120)["code"] == 200 for t in touched)
-        swept = sum(s.get(timeout=120)["expired"] for s in sweeps)
-        audit = app.send_task("billing.audit", queue=queue).get(timeout=120)
+            # Some accounts are touched again and expire their holds themselves; the sweep,
+            # run twice at once, gets the rest.
+            touched = [
+                app.send_task("billing.get_state", kwargs={"user_id": u}, queue=queue)
+                for u in fleet.user_ids[::7]
+            ]
+            sweeps = [app.send_task("billing.expire_holds", queue=queue) for _ in range(2)]
+            assert all(t.get(timeout=120)["code"] == 200 for t in touched)
+            swept = sum(s.get(timeout=120)["expired"] for s in sweeps)
+            audit = app.send_task("billing.audit", queue=queue).get(timeout=120)
 
     with engine.connect() as conn:
         statuses = dict(
@@ -118,11 +124,12 @@ def test_holds_outlive_a_killed_worker_and_expire_when_the_pipeline_dies(engine,
     _report(
         f"holds: SIGKILL worker, {len(captured)} captured as answered, {abandoned} abandoned"
         f" and expired ({swept} by the two sweeps, the rest by reads)",
+        broker,
         report,
     )
 
 
-def _capture_as_answered(sent, every: int, queue: str, budget: float) -> dict:
+def _capture_as_answered(app, sent, every: int, queue: str, budget: float) -> dict:
     """Send a capture for every ``every``-th key as soon as its reserve answers with a hold,
     for at most ``budget`` seconds; the captures sent, by key."""
     waiting = dict(sent[::every])
@@ -146,38 +153,43 @@ _TOTALS = (
 )
 
 
-def test_warm_shutdown_then_restart(engine, database):
-    queue = "faults-term"
+def test_warm_shutdown_then_restart(engine, database, broker):
+    queue = f"faults-term-{broker.name}"
+    env = _env(broker, queue)
     fleet = harness.prepare_fleet(database)
-    with celery_worker_process(queue, concurrency=4, env=harness.WORKER_ENV) as first:
-        sent = harness.send_stream(app, fleet, queue)
-        harness.wait_until_progress(engine, 500)
-        first.send_signal(signal.SIGTERM)  # warm shutdown: finish what runs, keep the rest
-        first.wait(timeout=60)
-    stopped_at = harness.outcomes_stored(engine)
-    with celery_worker_process(queue, concurrency=4, env=harness.WORKER_ENV):
-        report, _answers = harness.finish(engine, app, fleet, sent, queue)
+    with broker.producer(queue) as app:
+        with celery_worker_process(queue, 4, env=env, control_app=app) as first:
+            sent = harness.send_stream(app, fleet, queue)
+            harness.wait_until_progress(engine, 500)
+            first.send_signal(signal.SIGTERM)  # warm shutdown: finish what runs, keep the rest
+            first.wait(timeout=60)
+        stopped_at = harness.outcomes_stored(engine)
+        with celery_worker_process(queue, 4, env=env, control_app=app):
+            report, _answers = harness.finish(engine, app, fleet, sent, queue, broker)
     assert stopped_at < len(fleet.keys)  # the shutdown really happened mid-stream
-    _report(f"SIGTERM at {stopped_at} outcomes, restart", report)
+    _report(f"SIGTERM at {stopped_at} outcomes, restart", broker, report)
 
 
-def test_duplicate_storm_to_two_workers(engine, database):
-    queue = "faults-storm"
+def test_duplicate_storm_to_two_workers(engine, database, broker):
+    queue = f"faults-storm-{broker.name}"
+    env = _env(broker, queue)
     fleet = harness.prepare_fleet(database)
     with (
-        celery_worker_process(queue, concurrency=3, env=harness.WORKER_ENV),
-        celery_worker_process(queue, concurrency=3, env=harness.WORKER_ENV),
+        broker.producer(queue) as app,
+        celery_worker_process(queue, 3, env=env, control_app=app),
+        celery_worker_process(queue, 3, env=env, control_app=app),
     ):
         sent = harness.send_stream(app, fleet, queue, copies=3)
-        report, answers = harness.finish(engine, app, fleet, sent, queue)
+        report, answers = harness.finish(engine, app, fleet, sent, queue, broker)
     # Every key has one first answer; its two other copies are replays of it.
     for copies in answers.values():
         assert sorted(c["replayed"] for c in copies) == [False, True, True]
-    _report("every key x3, two workers", report)
+    _report("every key x3, two workers", broker, report)
 
 
-def test_database_connections_killed_repeatedly(engine, database):
-    queue = "faults-pg"
+def test_database_connections_killed_repeatedly(engine, database, broker):
+    queue = f"faults-pg-{broker.name}"
+    env = _env(broker, queue)
     fleet = harness.prepare_fleet(database)
     stop = threading.Event()
     killed = []
@@ -196,7 +208,10 @@ def test_database_connections_killed_repeatedly(engine, database):
                 )
             stop.wait(0.3)
 
-    with celery_worker_process(queue, concurrency=4, env=harness.WORKER_ENV):
+    with (
+        broker.producer(queue) as app,
+        celery_worker_process(queue, 4, env=env, control_app=app),
+    ):
         sent = harness.send_stream(app, fleet, queue)
         thread = threading.Thread(target=killer, daemon=True)
         thread.start()
@@ -205,80 +220,36 @@ def test_database_connections_killed_repeatedly(engine, database):
         finally:
             stop.set()
             thread.join()
-        report, _answers = harness.finish(engine, app, fleet, sent, queue)
+        report, _answers = harness.finish(engine, app, fleet, sent, queue, broker)
     assert sum(killed) > 0
-    _report(f"{sum(killed)} worker connections terminated", report)
+    _report(f"{sum(killed)} worker connections terminated", broker, report)
 
 
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[tuple[str, callable]]:
-    """A Redis of the test's own on a spare port, keeping its data (AOF) across restarts."""
-    server = shutil.which("redis-server")
-    assert server, "redis-server is needed for the Redis restart scenario"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    data = tmp_path / "redis"
-    data.mkdir()
-    cmd = [
-        server,
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--dir",
-        str(data),
-        "--appendonly",
-        "yes",
-        "--appendfsync",
-        "always",
-        "--save",
-        "",
-    ]
-
-    def start() -> subprocess.Popen:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            ping = subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True)
-            if ping.stdout.strip() == b"PONG":
-                return proc
-            time.sleep(0.1)
-        raise RuntimeError("test Redis did not start")
-
-    state = {"proc": start()}
-
-    def restart(pause: float = 2.0) -> None:
-        state["proc"].terminate()  # SIGTERM: Redis flushes its AOF and exits
-        state["proc"].wait(timeout=20)
-        time.sleep(pause)
-        state["proc"] = start()
-
-    yield f"redis://127.0.0.1:{port}/0", restart
-    state["proc"].terminate()
-    state["proc"].wait(timeout=20)
-
-
-def test_redis_restarted_mid_stream(engine, database, own_redis):
-    url, restart = own_redis
-    queue = "faults-redis"
-    producer = Celery("producer", broker=url, backend=url)
-    producer.config_from_object("celeryconfig")
-    producer.conf.broker_url = url
-    producer.conf.result_backend = url
-    env = {**harness.WORKER_ENV, "BILLING_BROKER_URL": url, "BILLING_RESULT_BACKEND": url}
-    fleet = harness.prepare_fleet(database)
-    # As `billing worker` runs it: kombu's Redis transport sometimes loses its channel while
-    # Redis restarts and the worker dies ("Unrecoverable error"); the supervisor starts it again.
-    with celery_worker_process(
-        queue, concurrency=4, env=env, control_app=producer, supervised=True
-    ) as worker:
-        sent = harness.send_stream(producer, fleet, queue)
-        harness.wait_until_progress(engine, 500)
-        restart()
-        # A message Redis handed out in the instant it went down can be gone with it (kombu
-        # pops it before recording it as unacknowledged); the producer's answer never comes,
-        # and it sends the same key again, as the README tells producers to.
-        report, _answers = harness.finish(engine, producer, fleet, sent, queue)
-        restarts = worker.log_path.read_text().count("starting it again")
-    _report(f"Redis restarted mid-stream; worker restarted {restarts} time(s)", report)
+def test_broker_restarted_mid_stream(engine, database, broker, tmp_path: Path):
+    """The tests' own broker node is stopped and started again while the workers run."""
+    own = OwnRabbitMQ(tmp_path / "rabbitmq") if broker.amqp else OwnRedis(tmp_path / "redis")
+    own.start()
+    try:
+        restarted = Broker(broker.name, own.url, broker.resends_allowed)
+        queue = f"faults-restart-{broker.name}"
+        env = _env(restarted, queue)
+        fleet = harness.prepare_fleet(database)
+        # As `billing worker` runs it: kombu's Redis transport sometimes loses its channel
+        # while Redis restarts and the worker dies ("Unrecoverable error"); the supervisor
+        # starts it again.
+        with (
+            restarted.producer(queue) as app,
+            celery_worker_process(queue, 4, env=env, control_app=app, supervised=True) as worker,
+        ):
+            sent = harness.send_stream(app, fleet, queue)
+            harness.wait_until_progress(engine, 500)
+            own.restart()
+            # On Redis, a message handed out in the instant it went down can be gone with it
+            # (kombu pops it before recording it as unacknowledged): its answer never comes
+            # and the producer sends the same key again, as the README tells producers to.
+            # RabbitMQ puts back every delivery not acknowledged before it stopped.
+            report, _answers = harness.finish(engine, app, fleet, sent, queue, restarted)
+            restarts = worker.log_path.read_text().count("starting it again")
+    finally:
+        own.stop()
+    _report(f"broker restarted mid-stream; worker restarted {restarts} time(s)", broker, report)

@@ -17,7 +17,6 @@ from pathlib import Path
 from cli import processes
 from tests.conftest import RESULT_TIMEOUT
 from tests.procs import LOG_DIR, celery_worker_process
-from worker import app
 
 QUEUE = "billing-flower"
 CREDENTIALS = "ops:fl0wer-pass"
@@ -78,17 +77,26 @@ def _stop_reporting_a_hang(flower: subprocess.Popen, log: Path) -> None:
         warnings.warn(f"Flower did not exit 20 s after SIGTERM; thread dump in {log}", stacklevel=2)
 
 
-def test_flower_shows_billing_tasks_with_auth_and_read_only(accounts):
+def test_flower_shows_billing_tasks_with_auth_and_read_only(accounts, broker):
     user = accounts.credits_only()
+    queue = f"{QUEUE}-{broker.name}"
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     log = LOG_DIR / "flower.log"
     LOG_DIR.mkdir(parents=True, exist_ok=True)
 
-    env = {"BILLING_FLOWER_BASIC_AUTH": CREDENTIALS, "PYTHONFAULTHANDLER": "1"}
+    env = {
+        "BILLING_FLOWER_BASIC_AUTH": CREDENTIALS,
+        "PYTHONFAULTHANDLER": "1",
+        "BILLING_BROKER_URL": broker.url,
+    }
     cmd = [sys.executable, "-m", "cli.main", "flower", "--port", str(port)]
     log.unlink(missing_ok=True)
-    with celery_worker_process(QUEUE, concurrency=2), processes.running(cmd, log, env) as flower:
+    with (
+        broker.producer(queue) as app,
+        celery_worker_process(queue, 2, env=broker.worker_env(queue), control_app=app),
+        processes.running(cmd, log, env) as flower,
+    ):
         _wait_for(lambda: _get(f"{base}/healthcheck")[0] == 200)
         workers = f"{base}/api/workers?refresh=1"
         _wait_for(lambda: json.loads(_get(workers, CREDENTIALS)[1] or b"{}"))
@@ -96,12 +104,12 @@ def test_flower_shows_billing_tasks_with_auth_and_read_only(accounts):
             app.send_task(
                 "billing.charge_generation",
                 kwargs={"user_id": user, "idempotency_key": f"fl-{i}", "meta": {"ref": SECRET}},
-                queue=QUEUE,
+                queue=queue,
             )
             for i in range(3)
         ]
         # The relay's sweep is a task like the others: operators see it in Flower.
-        relay = app.send_task("billing.publish_events", queue=QUEUE)
+        relay = app.send_task("billing.publish_events", queue=queue)
         for result in [*sent, relay]:
             result.get(timeout=RESULT_TIMEOUT)
         ids = {r.id for r in [*sent, relay]}

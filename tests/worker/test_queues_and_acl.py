@@ -1,5 +1,6 @@
 """Privileged tasks on their own queue: a grant pushed onto the public queue is refused and
-writes nothing, and real Redis ACL users keep the pipeline off the admin queue."""
+writes nothing, and real Redis ACL users (or RabbitMQ permissions) keep the pipeline off the
+admin queue."""
 
 from __future__ import annotations
 
@@ -7,13 +8,17 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from amqp.exceptions import AccessRefused
 from celery import Celery
+from kombu import Connection
 from redis.exceptions import NoPermissionError
 
 from billing.settings import get_settings
 from billing_client import BillingClient
 from billing_client.names import PRIVILEGED
+from tests import brokers
 from tests.conftest import ledger_rows
+from tests.procs import celery_worker_process
 from tests.services import REDIS_URL
 from worker import app
 
@@ -118,3 +123,64 @@ def test_redis_acl_users_keep_the_pipeline_off_the_admin_queue(worker, accounts,
     assert by_hand["code"] == 403
     assert granted["ok"] and granted["replayed"] is False
     assert accounts.get(user).balance_credits == 100 - get_settings().generation_cost + 500
+
+
+@pytest.fixture
+def rabbitmq_users(rabbitmq_url: str) -> Iterator[dict[str, str]]:
+    """RabbitMQ users with what a producer needs on one queue: declare it and its exchange
+    (configure), bind and publish to them (write, read); nothing else."""
+    vhost = Connection(rabbitmq_url).virtual_host
+    settings = get_settings()
+    users = {PIPELINE: settings.queue, BACK_OFFICE: settings.admin_queue}
+    urls = {}
+    for user, queue in users.items():
+        brokers.rabbitmqctl("delete_user", user)
+        for args in (
+            ("add_user", user, f"pw-{user}"),
+            ("set_permissions", "-p", vhost, user, f"^{queue}$", f"^{queue}$", f"^{queue}$"),
+        ):
+            done = brokers.rabbitmqctl(*args)
+            assert done.returncode == 0, done.stderr
+        urls[user] = rabbitmq_url.replace("guest:guest@", f"{user}:pw-{user}@")
+    yield urls
+    for user in users:
+        brokers.rabbitmqctl("delete_user", user)
+
+
+def test_rabbitmq_permissions_keep_the_pipeline_off_the_admin_queue(
+    engine, accounts, rabbitmq_url, rabbitmq_users
+):
+    user = accounts.credits_only()
+    settings = get_settings()
+    queues = f"{settings.queue},{settings.admin_queue}"
+    env = {
+        "BILLING_BROKER_URL": rabbitmq_url,
+        "BILLING_QUEUE": settings.queue,
+        "BILLING_ADMIN_QUEUE": settings.admin_queue,
+    }
+    pipeline, back_office = (
+        BillingClient(broker_url=rabbitmq_users[name], result_backend=REDIS_URL)
+        for name in (PIPELINE, BACK_OFFICE)
+    )
+    control = Celery("control", broker=rabbitmq_url, set_as_current=False)
+    try:
+        with celery_worker_process(queues, 2, env=env, control_app=control):
+            charged = pipeline.charge_generation(user, "rmq-acl-c")
+            with pytest.raises(AccessRefused):
+                pipeline.grant_credits(user, 500, "rmq-acl-g")
+            # Pushed onto its own queue by hand, the grant is refused by the worker.
+            by_hand = pipeline.app.send_task(
+                "billing.grant_credits",
+                kwargs={"user_id": user, "amount": 500, "idempotency_key": "rmq-acl-g"},
+                queue=settings.queue,
+            ).get(timeout=30)
+            granted = back_office.grant_credits(user, 500, "rmq-acl-g")
+    finally:
+        for client in (pipeline, back_office):
+            client.app.close()
+        control.close()
+
+    assert charged.ok and charged.source == "credits"
+    assert by_hand["code"] == 403 and by_hand["error"] == "forbidden_queue"
+    assert granted.ok and not granted.replayed
+    assert accounts.get(user).balance_credits == 100 - settings.generation_cost + 500
