@@ -25,6 +25,7 @@ Scenarios (each throughput figure is the median of --repeat runs, with its min-m
    charge's SQL alone under pgbench, the database's own limit for it;
 8. balance events: the same crossing charges with events on and off, and the delay from a
    movement to its events on the queue (bench.events);
+   and brokers: the floor and the charges on Redis and on RabbitMQ (bench.brokers);
 9. where the CPU goes: machine CPU per task of each process (producer, worker parent, pool
    children, Redis, PostgreSQL) for the no-op, the charge frame (a charge without the
    database: bench.charge_frame) and the charge, so the gap to the floor can be apportioned.
@@ -39,6 +40,7 @@ import statistics
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,23 +82,11 @@ def throughput_scenarios(args: argparse.Namespace, db_url: str) -> dict[str, Any
     redis.Redis.from_url(REDIS_URL).flushdb()
     engine = create_engine(db_url)
     with engine.begin() as conn:
-        conn.execute(text(CHARGE_ACCOUNTS_SQL), {"n": args.accounts})
         conn.execute(text(DURABLE_INSERT_TABLE))
     engine.dispose()
     run = uuid.uuid4().hex[:8]
     counter = iter(range(10**9))
-
-    def charges(n: int, accounts: int) -> list[tuple[str, dict[str, Any]]]:
-        return [
-            (
-                "billing.charge_generation",
-                {"user_id": 1 + (i * 7919) % accounts, "idempotency_key": f"{run}-{next(counter)}"},
-            )
-            for i in range(n)
-        ]
-
-    def noops(n: int) -> list[tuple[str, dict[str, Any]]]:
-        return [("bench.noop", {}) for _ in range(n)]
+    charges = charge_messages()
 
     funded = [u for u in range(1, args.accounts + 1) if u % 5 != 2]  # see CHARGE_ACCOUNTS_SQL
 
@@ -185,6 +175,42 @@ def throughput_scenarios(args: argparse.Namespace, db_url: str) -> dict[str, Any
                     "charges": tp.median_of(paced_charges),
                 }
     return out
+
+
+def charge_messages() -> Callable[[int, int], list[tuple[str, dict[str, Any]]]]:
+    """Generation charges spread over the first ``accounts`` accounts, under fresh keys."""
+    run = uuid.uuid4().hex[:8]
+    counter = iter(range(10**9))
+
+    def charges(n: int, accounts: int) -> list[tuple[str, dict[str, Any]]]:
+        return [
+            (
+                "billing.charge_generation",
+                {"user_id": 1 + (i * 7919) % accounts, "idempotency_key": f"{run}-{next(counter)}"},
+            )
+            for i in range(n)
+        ]
+
+    return charges
+
+
+def noops(n: int) -> list[tuple[str, dict[str, Any]]]:
+    return [("bench.noop", {}) for _ in range(n)]
+
+
+def brokers_scenario(args: argparse.Namespace) -> dict[str, Any]:
+    from bench import brokers
+
+    charges = charge_messages()
+    return brokers.measure(
+        REDIS_URL,
+        noops,
+        lambda n: charges(n, args.accounts),
+        args.tasks,
+        args.repeat,
+        args.concurrency,
+        LOG_DIR,
+    )
 
 
 def cpu_breakdown(app, streams: dict, tasks: int, repeat: int) -> dict[str, Any]:
@@ -477,6 +503,10 @@ def table(results: dict[str, Any]) -> str:
         lines.append(events.line(results["events"]))
     if "throughput" in results:
         lines.extend(throughput_table(results["throughput"]))
+    if "brokers" in results:
+        from bench import brokers
+
+        lines.extend(brokers.lines(results["brokers"]))
     lines.extend(other_lines(results))
     return "\n".join(lines)
 
@@ -571,7 +601,7 @@ def main() -> None:
         "--skip",
         nargs="*",
         default=[],
-        choices=["throughput", "events", "resets", "ledger", "db_work"],
+        choices=["throughput", "events", "brokers", "resets", "ledger", "db_work"],
     )
     args = parser.parse_args()
     quick = args.quick
@@ -590,8 +620,14 @@ def main() -> None:
         "acks_late": True, "prefetch_multiplier": 1, "result_backend": "redis",
         "tasks_per_stream": args.tasks, "accounts": args.accounts, "quick": quick,
     }}  # fmt: skip
+    engine = create_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(text(CHARGE_ACCOUNTS_SQL), {"n": args.accounts})
+    engine.dispose()
     if "throughput" not in args.skip:
         results["throughput"] = throughput_scenarios(args, db_url)
+    if "brokers" not in args.skip:
+        results["brokers"] = brokers_scenario(args)
     if "events" not in args.skip:
         from bench import events
         from bench.app import app
