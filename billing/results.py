@@ -60,3 +60,10 @@ def forbidden_queue(task: str, queue: str | None, admin_queue: str) -> Result:
         f"{task} is accepted only from the admin queue {admin_queue!r}, not {queue!r};"
         " nothing was written",
     )
+
+
+def shaped(result: Result, include_state: bool) -> Result:
+    """The answer as the producer asked for it: without ``state`` when it said so."""
+    if include_state or "state" not in result:
+        return result
+    return {k: v for k, v in result.items() if k != "state"}

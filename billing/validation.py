@@ -7,7 +7,7 @@ Strict types: JSON gives us ints, and a bool, float or numeric string is not an 
 from __future__ import annotations
 
 import json
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -112,7 +112,13 @@ class MetaArgs(_Args):
         return value
 
 
-class ChargeArgs(MetaArgs, KeyArgs, UserArgs):
+class ShapeArgs(_Args):
+    # False: the answer leaves out ``state`` (the remembered outcome keeps it, so a later
+    # request of the same key that asks for it gets it).
+    include_state: bool = True
+
+
+class ChargeArgs(ShapeArgs, MetaArgs, KeyArgs, UserArgs):
     cost: int | None = Field(default=None, gt=0, le=MAX_COST)
 
 
@@ -135,6 +141,31 @@ class RefundArgs(KeyArgs):
 
 
 class ReserveArgs(ChargeArgs):
+    ttl_seconds: int | None = Field(default=None, ge=1, le=MAX_HOLD_TTL_SECONDS)
+
+
+MAX_BATCH = 100
+
+
+class ChargeBatchArgs(ShapeArgs):
+    """A batch of charges: the items are checked one by one when they run, so one bad item
+    is a 422 in its place and never fails the others."""
+
+    charges: list[Any] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class ReserveBatchArgs(ShapeArgs):
+    reserves: list[Any] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class ChargeItem(MetaArgs, KeyArgs, UserArgs):
+    """One item of ``billing.charge_batch``: a charge's arguments and its operation."""
+
+    operation: Literal["generation", "assistant"]
+    cost: int | None = Field(default=None, gt=0, le=MAX_COST)
+
+
+class ReserveItem(ChargeItem):
     ttl_seconds: int | None = Field(default=None, ge=1, le=MAX_HOLD_TTL_SECONDS)
 
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +81,25 @@ class BillingResult:
         return self.code == 402
 
 
+def _hide_meta(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The arguments as the task-sent event shows them: ``meta`` hidden, in batch items too."""
+    return {
+        k: (
+            "<hidden>"
+            if k == "meta" and v is not None
+            else [_hide_meta(i) if isinstance(i, dict) else i for i in v]
+            if isinstance(v, list)
+            else v
+        )
+        for k, v in kwargs.items()
+    }
+
+
+def _state(include_state: bool) -> dict[str, Any]:
+    """The task's default is the full answer; a client that does not want ``state`` says so."""
+    return {} if include_state else {"include_state": False}
+
+
 class BillingClient:
     def __init__(
         self,
@@ -111,7 +131,7 @@ class BillingClient:
 
     def call(self, name: str, timeout: float | None = None, **kwargs: Any) -> BillingResult:
         """Send one task by name and wait for its answer."""
-        shown = {k: ("<hidden>" if k == "meta" and v is not None else v) for k, v in kwargs.items()}
+        shown = _hide_meta(kwargs)
         try:
             pending = self.app.send_task(
                 name,
@@ -139,6 +159,7 @@ class BillingClient:
         cost: int | None = None,
         meta: dict[str, Any] | None = None,
         timeout: float | None = None,
+        include_state: bool = False,
     ) -> BillingResult:
         return self.call(
             names.CHARGE_GENERATION,
@@ -147,6 +168,7 @@ class BillingClient:
             idempotency_key=idempotency_key,
             cost=cost,
             meta=meta,
+            **_state(include_state),
         )
 
     def charge_assistant(
@@ -156,6 +178,7 @@ class BillingClient:
         cost: int | None = None,
         meta: dict[str, Any] | None = None,
         timeout: float | None = None,
+        include_state: bool = False,
     ) -> BillingResult:
         return self.call(
             names.CHARGE_ASSISTANT,
@@ -164,6 +187,7 @@ class BillingClient:
             idempotency_key=idempotency_key,
             cost=cost,
             meta=meta,
+            **_state(include_state),
         )
 
     def reserve_generation(
@@ -174,13 +198,15 @@ class BillingClient:
         ttl_seconds: int | None = None,
         meta: dict[str, Any] | None = None,
         timeout: float | None = None,
+        include_state: bool = False,
     ) -> BillingResult:
         """Hold what the generation would be charged, before it runs; ``capture`` it when the
         image is delivered, ``release`` it when it is not. Unsettled, it expires after
         ``ttl_seconds`` (default BILLING_HOLD_TTL_SECONDS) and gives everything back."""
         return self._reserve(
-            names.RESERVE_GENERATION, user_id, idempotency_key, cost, ttl_seconds, meta, timeout
-        )
+            names.RESERVE_GENERATION, user_id, idempotency_key, cost, ttl_seconds, meta, timeout,
+            include_state,
+        )  # fmt: skip
 
     def reserve_assistant(
         self,
@@ -190,10 +216,12 @@ class BillingClient:
         ttl_seconds: int | None = None,
         meta: dict[str, Any] | None = None,
         timeout: float | None = None,
+        include_state: bool = False,
     ) -> BillingResult:
         return self._reserve(
-            names.RESERVE_ASSISTANT, user_id, idempotency_key, cost, ttl_seconds, meta, timeout
-        )
+            names.RESERVE_ASSISTANT, user_id, idempotency_key, cost, ttl_seconds, meta, timeout,
+            include_state,
+        )  # fmt: skip
 
     def _reserve(
         self,
@@ -204,6 +232,7 @@ class BillingClient:
         ttl_seconds: int | None,
         meta: dict[str, Any] | None,
         timeout: float | None,
+        include_state: bool,
     ) -> BillingResult:
         return self.call(
             name,
@@ -213,7 +242,43 @@ class BillingClient:
             cost=cost,
             ttl_seconds=ttl_seconds,
             meta=meta,
+            **_state(include_state),
         )
+
+    def charge_batch(
+        self,
+        charges: Sequence[Mapping[str, Any]],
+        include_state: bool = False,
+        timeout: float | None = None,
+    ) -> list[BillingResult]:
+        """Up to 100 charges in one message, ``{user_id, idempotency_key, operation
+        ("generation" or "assistant"), cost?, meta?}`` each; every item is answered as its
+        own message would be (its 402, 404, 409 or 422 included), in item order."""
+        return self._batch(names.CHARGE_BATCH, "charges", charges, include_state, timeout)
+
+    def reserve_batch(
+        self,
+        reserves: Sequence[Mapping[str, Any]],
+        include_state: bool = False,
+        timeout: float | None = None,
+    ) -> list[BillingResult]:
+        """Up to 100 reserves in one message (a reserve's arguments and ``operation``)."""
+        return self._batch(names.RESERVE_BATCH, "reserves", reserves, include_state, timeout)
+
+    def _batch(
+        self,
+        name: str,
+        field: str,
+        items: Sequence[Mapping[str, Any]],
+        include_state: bool,
+        timeout: float | None,
+    ) -> list[BillingResult]:
+        answer = self.call(
+            name, timeout, **{field: [dict(item) for item in items]}, **_state(include_state)
+        )
+        if not answer.ok:  # the batch itself is malformed (not a list, over 100 items, ...)
+            raise ValueError(f"{name} refused the batch: {answer.message}")
+        return [BillingResult.from_dict(item) for item in answer.raw["results"]]
 
     def capture(
         self, idempotency_key: str, amount: int | None = None, timeout: float | None = None

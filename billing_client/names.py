@@ -3,6 +3,9 @@ registers its tasks under them (``tasks.names`` re-exports this module)."""
 
 CHARGE_GENERATION = "billing.charge_generation"
 CHARGE_ASSISTANT = "billing.charge_assistant"
+# Up to 100 charges (or reserves) in one message, each answered as its own message would be.
+CHARGE_BATCH = "billing.charge_batch"
+RESERVE_BATCH = "billing.reserve_batch"
 GET_STATE = "billing.get_state"
 GET_LEDGER = "billing.get_ledger"
 GRANT_CREDITS = "billing.grant_credits"

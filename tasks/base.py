@@ -51,6 +51,8 @@ class BillingTask(Task):
     max_retries = get_settings().task_max_retries
     # Business outcomes are results; only an exhausted retry or a bug ends in FAILURE.
     throws = ()
+    # A batch task names the argument that holds its items: its log and counts are per item.
+    batch_items: str | None = None
     # The result's text in events and Flower: its head (ok, code, source, amount, key) is what
     # an operator reads; the full result is in the backend. Shorter is cheaper on every task.
     resultrepr_maxsize = 256
@@ -173,6 +175,22 @@ class BillingTask(Task):
         metrics.failure(self.name, exc)
 
     def _log(self, outcome: results.Result, kwargs: dict[str, Any], started: float) -> None:
+        seconds = time.perf_counter() - started
+        answers = outcome.get("results") if self.batch_items else None
+        if isinstance(answers, list):
+            # A batch: one line and one count per item, as its own message would have.
+            items = kwargs.get(self.batch_items)
+            for item, answer in zip(items or [], answers, strict=False):
+                self._log_line(answer, item if isinstance(item, dict) else {}, None)
+                metrics.counted(self.name, answer)
+        else:
+            self._log_line(outcome, kwargs, seconds)
+            metrics.counted(self.name, outcome)
+        metrics.timed(self.name, seconds, getattr(self.request, metrics.SENT_AT_HEADER, None))
+
+    def _log_line(
+        self, outcome: results.Result, kwargs: dict[str, Any], seconds: float | None
+    ) -> None:
         # One line per outcome, never the meta contents: they may hold payment references.
         line = {
             "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
@@ -188,11 +206,10 @@ class BillingTask(Task):
             "error": outcome.get("error"),
             "replayed": outcome.get("replayed"),
             "reset": outcome.get("reset"),
-            "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+            # A batch item's own time is not measured: the message's is in the metrics.
+            "duration_ms": None if seconds is None else round(seconds * 1000, 2),
         }
         logger.info(json.dumps(line, default=str))
-        sent_at = getattr(self.request, metrics.SENT_AT_HEADER, None)
-        metrics.outcome(self.name, outcome, time.perf_counter() - started, sent_at)
 
 
 def _loggable(value: Any) -> Any:

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from billing import charges, frame, results
-from billing.validation import ChargeArgs
+from billing import batch, charges, frame, results
+from billing.validation import ChargeArgs, ChargeBatchArgs, _Args
 from models import Operation
 from tasks import names
 from tasks.base import BillingTask
@@ -17,8 +17,8 @@ def _charge(
         ChargeArgs,
         args,
         kwargs,
-        lambda store, parsed, settings: frame.run(
-            store, charges.Charge(operation, parsed), settings
+        lambda store, parsed, settings: results.shaped(
+            frame.run(store, charges.Charge(operation, parsed), settings), parsed.include_state
         ),
     )
 
@@ -31,9 +31,11 @@ def charge_generation(
     idempotency_key: Any = None,
     cost: Any = None,
     meta: Any = None,
+    include_state: Any = None,
     **unknown: Any,
 ) -> results.Result:
     kwargs = {"user_id": user_id, "idempotency_key": idempotency_key, "cost": cost, "meta": meta}
+    kwargs["include_state"] = include_state
     return _charge(self, Operation.GENERATION, args, {**kwargs, **unknown})
 
 
@@ -45,7 +47,42 @@ def charge_assistant(
     idempotency_key: Any = None,
     cost: Any = None,
     meta: Any = None,
+    include_state: Any = None,
     **unknown: Any,
 ) -> results.Result:
     kwargs = {"user_id": user_id, "idempotency_key": idempotency_key, "cost": cost, "meta": meta}
+    kwargs["include_state"] = include_state
     return _charge(self, Operation.ASSISTANT, args, {**kwargs, **unknown})
+
+
+def run_batch(
+    task: BillingTask,
+    kind: tuple[Any, Any],
+    parser: type[_Args],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> results.Result:
+    """Check the batch as a whole (a list of 1 to 100 items), then answer every item."""
+    field = task.batch_items
+    assert field is not None
+    return task.execute(
+        parser,
+        args,
+        kwargs,
+        lambda store, parsed, settings: results.success(
+            results=batch.run(store, getattr(parsed, field), kind, settings, parsed.include_state)
+        ),
+    )
+
+
+@app.task(bind=True, base=BillingTask, name=names.CHARGE_BATCH, batch_items="charges")
+def charge_batch(
+    self: BillingTask,
+    *args: Any,
+    charges: Any = None,
+    include_state: Any = None,
+    **unknown: Any,
+) -> results.Result:
+    """``charges``: up to 100 ``{user_id, idempotency_key, operation, cost?, meta?}``."""
+    kwargs = {"charges": charges, "include_state": include_state, **unknown}
+    return run_batch(self, batch.CHARGES, ChargeBatchArgs, args, kwargs)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from billing import expiry, holds, jobs, results
-from billing.validation import CaptureArgs, ReleaseArgs, ReserveArgs
+from billing import batch, expiry, holds, jobs, results
+from billing.validation import CaptureArgs, ReleaseArgs, ReserveArgs, ReserveBatchArgs
 from models import Operation
 from tasks import names
 from tasks.base import BillingTask
+from tasks.charges import run_batch
 from tasks.lifecycle import SWEEP_TIME_LIMIT, NoArgs
 from worker import events
 from worker.app import app
@@ -21,7 +22,9 @@ def _reserve(
         ReserveArgs,
         args,
         kwargs,
-        lambda store, parsed, settings: holds.reserve(store, operation, parsed, settings),
+        lambda store, parsed, settings: results.shaped(
+            holds.reserve(store, operation, parsed, settings), parsed.include_state
+        ),
     )
 
 
@@ -34,10 +37,11 @@ def reserve_generation(
     cost: Any = None,
     ttl_seconds: Any = None,
     meta: Any = None,
+    include_state: Any = None,
     **unknown: Any,
 ) -> results.Result:
     kwargs = {"user_id": user_id, "idempotency_key": idempotency_key, "cost": cost}
-    kwargs.update(ttl_seconds=ttl_seconds, meta=meta, **unknown)
+    kwargs.update(ttl_seconds=ttl_seconds, meta=meta, include_state=include_state, **unknown)
     return _reserve(self, Operation.GENERATION, args, kwargs)
 
 
@@ -50,11 +54,26 @@ def reserve_assistant(
     cost: Any = None,
     ttl_seconds: Any = None,
     meta: Any = None,
+    include_state: Any = None,
     **unknown: Any,
 ) -> results.Result:
     kwargs = {"user_id": user_id, "idempotency_key": idempotency_key, "cost": cost}
-    kwargs.update(ttl_seconds=ttl_seconds, meta=meta, **unknown)
+    kwargs.update(ttl_seconds=ttl_seconds, meta=meta, include_state=include_state, **unknown)
     return _reserve(self, Operation.ASSISTANT, args, kwargs)
+
+
+@app.task(bind=True, base=BillingTask, name=names.RESERVE_BATCH, batch_items="reserves")
+def reserve_batch(
+    self: BillingTask,
+    *args: Any,
+    reserves: Any = None,
+    include_state: Any = None,
+    **unknown: Any,
+) -> results.Result:
+    """``reserves``: up to 100 ``{user_id, idempotency_key, operation, cost?, ttl_seconds?,
+    meta?}``."""
+    kwargs = {"reserves": reserves, "include_state": include_state, **unknown}
+    return run_batch(self, batch.RESERVES, ReserveBatchArgs, args, kwargs)
 
 
 @app.task(bind=True, base=BillingTask, name=names.CAPTURE)

@@ -14,7 +14,8 @@ REDIS_URL = os.environ.get("BILLING_TEST_REDIS_URL", "redis://127.0.0.1:6379/15"
 RABBITMQ_URL = os.environ.get(
     "BILLING_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/billing-test"
 )
-TEST_DATABASE = "billing_test"
+# Another name (and Redis database and RabbitMQ vhost) lets two runs share the machine.
+TEST_DATABASE = os.environ.get("BILLING_TEST_DATABASE", "billing_test")
 
 
 def database_url(name: str) -> str:

@@ -6,7 +6,8 @@ The pool processes count into prometheus-client's multiprocess files (a director
 process makes before it forks them), and the main process adds them up on every scrape, so no
 child's counts are lost when it is recycled or killed.
 
-What the tasks count (one place, ``tasks.base.BillingTask``):
+What the tasks count (one place, ``tasks.base.BillingTask``; a batch counts each item's
+outcome and times the message):
     billing_outcomes_total{task, code, source}, billing_task_duration_seconds{task},
     billing_task_queue_wait_seconds{task}, billing_retries_total{task, reason},
     billing_task_failures_total{task, reason}
@@ -91,12 +92,26 @@ def _metrics() -> _TaskMetrics | None:
 
 
 def outcome(task: str, result: dict[str, Any], seconds: float, sent_at: Any) -> None:
+    """One message's outcome: counted, timed, and its wait in the queue."""
+    counted(task, result)
+    timed(task, seconds, sent_at)
+
+
+def counted(task: str, result: dict[str, Any]) -> None:
+    """One outcome counted (a batch counts each item's)."""
     metrics = _metrics()
     if metrics is None:
         return
     code = str(result.get("code"))
     source = result.get("source")
     metrics.outcomes.labels(task, code, source if isinstance(source, str) else "").inc()
+
+
+def timed(task: str, seconds: float, sent_at: Any) -> None:
+    """One message's run time and wait in the queue."""
+    metrics = _metrics()
+    if metrics is None:
+        return
     metrics.duration.labels(task).observe(seconds)
     if isinstance(sent_at, int | float) and not isinstance(sent_at, bool):
         # Clocks of producer and worker hosts differ a little: never a negative wait.

@@ -28,8 +28,14 @@ TASKS = [
     "billing.publish_events",
     "billing.announce_subscriptions",
     "billing.prune_events",
+    "billing.charge_batch",
+    "billing.reserve_batch",
 ]
 FIELDS = [
+    "charges",
+    "reserves",
+    "include_state",
+    "operation",
     "user_id",
     "idempotency_key",
     "cost",
@@ -82,6 +88,8 @@ def test_generated_messages_get_documented_answers(worker, engine, accounts, mes
 
     assert isinstance(result, dict) and isinstance(result["ok"], bool)
     assert result["code"] in (200, 402, 404, 409, 422)
+    for item in result.get("results", []):  # a batch: every item answered as a message would be
+        assert isinstance(item, dict) and item["code"] in (200, 402, 404, 409, 422)
     if result["code"] == 422:
         assert result["error"] == "invalid_request"
         assert result["field"] in [*FIELDS, "args"]

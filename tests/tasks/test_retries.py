@@ -46,6 +46,8 @@ def test_tasks_are_registered_under_their_public_names():
         "billing.charge_assistant",
         "billing.get_state",
         "billing.get_ledger",
+        "billing.charge_batch",
+        "billing.reserve_batch",
     }
     assert expected <= set(app.tasks)
     for name in expected:
