@@ -26,6 +26,8 @@ Scenarios (each throughput figure is the median of --repeat runs, with its min-m
 8. balance events: the same crossing charges with events on and off, and the delay from a
    movement to its events on the queue (bench.events);
    and brokers: the floor and the charges on Redis and on RabbitMQ (bench.brokers);
+   and batches: charges with and without ``include_state``, and batches of 10 and 100 per
+   charge, against the floor (bench.batch);
 9. where the CPU goes: machine CPU per task of each process (producer, worker parent, pool
    children, Redis, PostgreSQL) for the no-op, the charge frame (a charge without the
    database: bench.charge_frame) and the charge, so the gap to the floor can be apportioned.
@@ -198,12 +200,12 @@ def noops(n: int) -> list[tuple[str, dict[str, Any]]]:
     return [("bench.noop", {}) for _ in range(n)]
 
 
-def brokers_scenario(args: argparse.Namespace) -> dict[str, Any]:
-    from bench import brokers
-
+def floor_and_charges(measure: Callable[..., dict[str, Any]], first: Any, args) -> dict[str, Any]:
+    """Run a scenario that measures no-ops and generation charges: ``measure(first, noops,
+    charges, tasks, repeat, concurrency, log_dir)``."""
     charges = charge_messages()
-    return brokers.measure(
-        REDIS_URL,
+    return measure(
+        first,
         noops,
         lambda n: charges(n, args.accounts),
         args.tasks,
@@ -503,6 +505,10 @@ def table(results: dict[str, Any]) -> str:
         lines.append(events.line(results["events"]))
     if "throughput" in results:
         lines.extend(throughput_table(results["throughput"]))
+    if "batches" in results:
+        from bench import batch
+
+        lines.extend(batch.lines(results["batches"]))
     if "brokers" in results:
         from bench import brokers
 
@@ -601,7 +607,7 @@ def main() -> None:
         "--skip",
         nargs="*",
         default=[],
-        choices=["throughput", "events", "brokers", "resets", "ledger", "db_work"],
+        choices=["throughput", "batches", "events", "brokers", "resets", "ledger", "db_work"],
     )
     args = parser.parse_args()
     quick = args.quick
@@ -626,8 +632,15 @@ def main() -> None:
     engine.dispose()
     if "throughput" not in args.skip:
         results["throughput"] = throughput_scenarios(args, db_url)
+    if "batches" not in args.skip:
+        from bench import batch
+        from bench.app import app
+
+        results["batches"] = floor_and_charges(batch.measure, app, args)
     if "brokers" not in args.skip:
-        results["brokers"] = brokers_scenario(args)
+        from bench import brokers
+
+        results["brokers"] = floor_and_charges(brokers.measure, REDIS_URL, args)
     if "events" not in args.skip:
         from bench import events
         from bench.app import app

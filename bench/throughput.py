@@ -59,8 +59,9 @@ def joined(*streams: StreamResult) -> StreamResult:
 
 
 @contextmanager
-def workers(app, env: dict[str, str], concurrency: int, log_dir) -> Iterator[None]:
-    """One worker with the production configuration, on the bench queue."""
+def workers(app, env: dict[str, str], concurrency: int, log_dir, cwd=None) -> Iterator[None]:
+    """One worker with the production configuration, on the bench queue; ``cwd``: a checkout
+    whose code it runs instead of this one's."""
     hostname = f"bench-{uuid.uuid4().hex[:6]}@%h"
     cmd = processes.worker_command(
         queue=QUEUE,
@@ -73,7 +74,7 @@ def workers(app, env: dict[str, str], concurrency: int, log_dir) -> Iterator[Non
     os.environ.update(env)
     try:
         log_dir.mkdir(parents=True, exist_ok=True)
-        with processes.running(cmd, log_dir / "bench-worker.log") as proc:
+        with processes.running(cmd, log_dir / "bench-worker.log", cwd=cwd) as proc:
             processes.wait_for_worker(app, proc, processes.node_name(hostname))
             yield
     finally:
@@ -138,3 +139,9 @@ def median_of(results: list[StreamResult]) -> dict[str, Any]:
         values = [s[key] for s in summaries]
         out[key] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
     return out
+
+
+def median_of_rates(results: list[StreamResult]) -> dict[str, float]:
+    """The median rate over repetitions, with its min-max (streams without latencies)."""
+    rates = [r.rate for r in results]
+    return {"median": statistics.median(rates), "min": min(rates), "max": max(rates)}

@@ -92,12 +92,17 @@ def node_name(hostname_template: str) -> str:
 
 @contextmanager
 def running(
-    cmd: list[str], log: IO[bytes] | Path, env: dict[str, str] | None = None
+    cmd: list[str],
+    log: IO[bytes] | Path,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> Iterator[subprocess.Popen]:
-    """Run a Celery process for the duration of the block; warm shutdown on the way out."""
+    """Run a Celery process for the duration of the block; warm shutdown on the way out.
+    ``cwd``: where it imports the app from (the bench runs another checkout's code)."""
     out = open(log, "ab") if isinstance(log, Path) else log  # noqa: SIM115
     proc = subprocess.Popen(
         cmd,
+        cwd=cwd,
         env={**os.environ, **(env or {})},
         stdout=out,
         stderr=subprocess.STDOUT,

@@ -98,7 +98,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class OwnRabbitMQ:
+class _OwnServer:
+    """A broker of the test's own: ``restart`` stops it, waits, and starts it again."""
+
+    def start(self, timeout: float = 60) -> None:
+        raise NotImplementedError
+
+    def stop(self, timeout: float = 60) -> None:
+        raise NotImplementedError
+
+    def restart(self, pause: float = 2.0) -> None:
+        self.stop()
+        time.sleep(pause)
+        self.start()
+
+
+class OwnRabbitMQ(_OwnServer):
     """A RabbitMQ node of the test's own, on spare ports, with its data in ``root``: stopping
     it (SIGTERM, a clean shutdown) and starting it again is a broker restart."""
 
@@ -154,13 +169,8 @@ class OwnRabbitMQ:
         self.proc.wait(timeout=timeout)
         self.proc = None
 
-    def restart(self, pause: float = 2.0) -> None:
-        self.stop()
-        time.sleep(pause)
-        self.start()
 
-
-class OwnRedis:
+class OwnRedis(_OwnServer):
     """A Redis of the test's own on a spare port, keeping its data (AOF) across restarts."""
 
     def __init__(self, root: Path) -> None:
@@ -191,8 +201,3 @@ class OwnRedis:
         self.proc.terminate()  # SIGTERM: Redis flushes its AOF and exits
         self.proc.wait(timeout=timeout)
         self.proc = None
-
-    def restart(self, pause: float = 2.0) -> None:
-        self.stop()
-        time.sleep(pause)
-        self.start()

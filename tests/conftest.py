@@ -8,7 +8,6 @@ configure_environment()
 
 # ruff: noqa: E402  (the environment must be set before the app reads its settings)
 import json
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -26,7 +25,7 @@ from billing.settings import get_settings, reload_settings
 from cli import processes
 from models import User, UserRole
 from tests import brokers, db
-from tests.procs import LOG_DIR
+from tests.procs import LOG_DIR, consumer_command
 from tests.services import REDIS_URL, TEST_DATABASE, database_url
 from worker import app
 from worker import db as worker_db
@@ -119,11 +118,7 @@ class Consumer:
 @pytest.fixture(scope="session")
 def _consumer_process(celery_worker: Any) -> Iterator[Consumer]:
     hostname = f"consumer-{uuid.uuid4().hex[:8]}@%h"
-    cmd = [
-        sys.executable, "-m", "celery", "-A", "tests.consumer", "worker", "-P", "solo",
-        "-c", "1", "-n", hostname, "--without-gossip", "--without-mingle",
-        "--without-heartbeat", "--loglevel", "WARNING",
-    ]  # fmt: skip
+    cmd = consumer_command(hostname)
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     log = LOG_DIR / f"{hostname.split('@')[0]}.log"
     env = {"BILLING_TEST_RECEIVED_KEY": RECEIVED_KEY}

@@ -55,6 +55,15 @@ def celery_worker_process(
         yield proc
 
 
+def consumer_command(hostname: str) -> list[str]:
+    """The product's events consumer (``tests.consumer``) as a real ``celery worker``."""
+    return [
+        sys.executable, "-m", "celery", "-A", "tests.consumer", "worker", "-P", "solo",
+        "-c", "1", "-n", hostname, "--without-gossip", "--without-mingle",
+        "--without-heartbeat", "--loglevel", "WARNING",
+    ]  # fmt: skip
+
+
 def children(pid: int) -> list[int]:
     """The pool processes of a worker (its child processes)."""
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)

@@ -27,6 +27,20 @@ def test_outcome_log_lines_are_json_without_meta(accounts):
             "billing.charge_assistant",
             {"user_id": user, "idempotency_key": "log-2", "cost": 0, "meta": {"card": SECRET}},
         ),
+        (
+            "billing.charge_batch",
+            {
+                "charges": [
+                    {
+                        "user_id": user,
+                        "idempotency_key": "log-3",
+                        "operation": "generation",
+                        "meta": {"card": SECRET},
+                    },
+                    {"user_id": user, "idempotency_key": "log-1", "operation": "generation"},
+                ]
+            },
+        ),
     ]
     with celery_worker_process(QUEUE, concurrency=1, loglevel="INFO") as proc:
         sent = [app.send_task(name, kwargs=kwargs, queue=QUEUE) for name, kwargs in calls]
@@ -44,7 +58,11 @@ def test_outcome_log_lines_are_json_without_meta(accounts):
         ("billing.charge_generation", "log-1", 200, False),
         ("billing.charge_generation", "log-1", 200, True),
         ("billing.charge_assistant", "log-2", 422, None),
+        # A batch: one line per item, as the item's own message would log it.
+        ("billing.charge_batch", "log-3", 200, False),
+        ("billing.charge_batch", "log-1", 200, True),
     ]
+    assert outcomes[3]["duration_ms"] is None and outcomes[3]["user_id"] == user
     first = outcomes[0]
     assert (first["user_id"], first["source"], first["amount"]) == (user, "credits", 10)
     assert isinstance(first["duration_ms"], float) and first["ts"].endswith("+00:00")

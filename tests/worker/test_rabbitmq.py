@@ -5,7 +5,6 @@ reach the product's consumer."""
 from __future__ import annotations
 
 import json
-import sys
 import time
 import uuid
 
@@ -13,7 +12,7 @@ import redis
 
 from cli import processes
 from tests.brokers import rabbitmq_broker
-from tests.procs import LOG_DIR, celery_worker_process, wait_until
+from tests.procs import LOG_DIR, celery_worker_process, consumer_command, wait_until
 from tests.services import REDIS_URL
 
 QUEUE = "billing-rmq"
@@ -64,11 +63,7 @@ def test_balance_events_reach_the_consumer_on_rabbitmq(accounts, rabbitmq_url):
     received_key = f"billing-test:received-rmq-{uuid.uuid4().hex[:6]}"
     store = redis.Redis.from_url(REDIS_URL)
     hostname = f"consumer-rmq-{uuid.uuid4().hex[:6]}@%h"
-    consumer = [
-        sys.executable, "-m", "celery", "-A", "tests.consumer", "worker", "-P", "solo",
-        "-c", "1", "-n", hostname, "--without-gossip", "--without-mingle",
-        "--without-heartbeat", "--loglevel", "WARNING",
-    ]  # fmt: skip
+    consumer = consumer_command(hostname)
     consumer_env = {
         "BILLING_BROKER_URL": rabbitmq_url,
         "BILLING_TEST_RECEIVED_URL": REDIS_URL,
