@@ -92,6 +92,19 @@ def queue_length(url: str, name: str) -> int:
             channel.close()
 
 
+def purge(url: str, name: str) -> None:
+    """Empty a queue, if it exists."""
+    with Connection(url) as conn:
+        channel = conn.channel()
+        try:
+            channel.queue_purge(name)
+        except conn.channel_errors:
+            pass  # not declared yet: nothing to purge
+        finally:
+            if channel.is_open:
+                channel.close()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
