@@ -110,7 +110,10 @@ class BillingClient:
         queue: str = "billing",
         admin_queue: str = "billing-admin",
         timeout: float = 30.0,
+        delivery_limit: int = rabbitmq.DEFAULT_DELIVERY_LIMIT,
     ) -> None:
+        """``delivery_limit``: on RabbitMQ, the workers' BILLING_DELIVERY_LIMIT (a queue
+        declared with another one is refused by RabbitMQ)."""
         if app is None:
             app = Celery("billing-client", broker=broker_url, backend=result_backend)
             app.conf.task_serializer = "json"
@@ -118,7 +121,7 @@ class BillingClient:
             app.conf.accept_content = ["json"]
             if broker_url and rabbitmq.is_amqp(broker_url):
                 # The queues declared as the workers declare them, and publisher confirms.
-                rabbitmq.configure(app.conf, queue, admin_queue)
+                rabbitmq.configure(app.conf, queue, admin_queue, delivery_limit)
         self.app = app
         self.queue = queue
         self.admin_queue = admin_queue

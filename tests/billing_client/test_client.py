@@ -204,3 +204,17 @@ def test_an_unknown_outcome_is_resolved_by_the_same_key_not_a_new_one(worker, ac
 
     assert (resent.replayed, resent.ledger_id) == (True, charged["ledger_id"])
     assert accounts.get(user).balance_credits == 100 - charged["amount"]
+
+
+def test_the_client_declares_the_queues_as_the_workers_do_on_rabbitmq():
+    client = BillingClient(
+        broker_url="amqp://guest:guest@127.0.0.1:5672//", result_backend=REDIS_URL,
+        delivery_limit=3,
+    )  # fmt: skip
+    declared = {q.name: q.queue_arguments for q in client.app.conf.task_queues}
+    assert set(declared) == {"billing", "billing-admin"}
+    assert all(args["x-queue-type"] == "quorum" for args in declared.values())
+    assert all(args["x-delivery-limit"] == 3 for args in declared.values())
+    assert client.app.conf.broker_transport_options == {"confirm_publish": True}
+    # On Redis, nothing of RabbitMQ's.
+    assert not BillingClient(broker_url=REDIS_URL, result_backend=REDIS_URL).app.conf.task_queues
