@@ -12,13 +12,14 @@ Celery's per-message work (broker, pool, result, task events), paid once for all
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from pydantic import BaseModel
 
 from billing import charges, frame, holds, results
 from billing.settings import Settings
-from billing.store import KeyRaced, Store
+from billing.store import Store
 from billing.validation import (
     ChargeArgs,
     ChargeItem,
@@ -69,13 +70,6 @@ def run(
         except InvalidRequest as exc:
             answers.append(exc.result())
             continue
-        answers.append(results.shaped(_run_one(store, movement_of(item), settings), include_state))
+        answer = frame.replaying_races(partial(frame.run, store, movement_of(item), settings))
+        answers.append(results.shaped(answer, include_state))
     return answers
-
-
-def _run_one(store: Store, movement: frame.Movement, settings: Settings) -> results.Result:
-    try:
-        return frame.run(store, movement, settings)
-    except KeyRaced:
-        # A concurrent transaction committed the same key first: replay its outcome.
-        return frame.run(store, movement, settings)

@@ -24,12 +24,13 @@ place that knows SQL (``billing.store``).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from datetime import datetime
 
 from billing import events, results, rules, settlement
 from billing.rules import AccountRow, Restored
 from billing.settings import Settings
-from billing.store import Entry, Event, HoldChange, Store, StoredOutcome, Writes
+from billing.store import Entry, Event, HoldChange, KeyRaced, Store, StoredOutcome, Writes
 
 BALANCE_LIMIT = "balance_limit"
 
@@ -94,6 +95,15 @@ def run(store: Store, movement: Movement, settings: Settings) -> results.Result:
         return refused.result
     finally:
         store.rollback()  # nothing to do after a commit; undoes a refusal or an error
+
+
+def replaying_races(run: Callable[[], results.Result]) -> results.Result:
+    """Call ``run`` (a frame on a store), and once more if its key met a concurrent commit of
+    the same key (KeyRaced): the second run replays that commit's outcome."""
+    try:
+        return run()
+    except KeyRaced:
+        return run()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,7 +13,7 @@ from celery import Task
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
-from billing import jobs, results, store
+from billing import frame, jobs, results, store
 from billing.db import transaction
 from billing.settings import Settings, get_settings
 from billing.store import KeyRaced, Store
@@ -70,11 +70,7 @@ class BillingTask(Task):
         connection: keyed movements run the frame there, one transaction each."""
 
         def on_store(parsed: A, settings: Settings) -> results.Result:
-            try:
-                return self._on_store(handler, parsed, settings)
-            except KeyRaced:
-                # A concurrent transaction committed the same key first: replay its outcome.
-                return self._on_store(handler, parsed, settings)
+            return frame.replaying_races(lambda: self._on_store(handler, parsed, settings))
 
         return self._validated(parser, args, kwargs, on_store)
 
