@@ -12,6 +12,7 @@ from celery.utils.saferepr import saferepr
 from kombu.exceptions import OperationalError as KombuOperationalError
 
 from billing_client import names, rabbitmq
+from billing_client.masking import masked
 from billing_client.names import PRIVILEGED, SENT_AT_HEADER
 
 
@@ -81,20 +82,6 @@ class BillingResult:
         return self.code == 402
 
 
-def _hide_meta(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The arguments as the task-sent event shows them: ``meta`` hidden, in batch items too."""
-    return {
-        k: (
-            "<hidden>"
-            if k == "meta" and v is not None
-            else [_hide_meta(i) if isinstance(i, dict) else i for i in v]
-            if isinstance(v, list)
-            else v
-        )
-        for k, v in kwargs.items()
-    }
-
-
 def _state(include_state: bool) -> dict[str, Any]:
     """The task's default is the full answer; a client that does not want ``state`` says so."""
     return {} if include_state else {"include_state": False}
@@ -134,7 +121,7 @@ class BillingClient:
 
     def call(self, name: str, timeout: float | None = None, **kwargs: Any) -> BillingResult:
         """Send one task by name and wait for its answer."""
-        shown = _hide_meta(kwargs)
+        shown = masked(kwargs)
         try:
             pending = self.app.send_task(
                 name,

@@ -7,31 +7,7 @@ from typing import Any
 from celery.utils.saferepr import saferepr
 from celery.worker.request import Request
 
-HIDDEN = "<hidden>"
-# Arguments that may carry payment references or user data: never shown in events or logs.
-SENSITIVE = frozenset({"meta"})
-
-
-def masked(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The arguments with every sensitive one hidden, in a batch's items too."""
-    return {
-        k: (
-            HIDDEN
-            if k in SENSITIVE and v is not None
-            else [masked(i) if isinstance(i, dict) else i for i in v]
-            if isinstance(v, list)
-            else v
-        )
-        for k, v in kwargs.items()
-    }
-
-
-def has_sensitive(kwargs: dict[str, Any]) -> bool:
-    return any(
-        (k in SENSITIVE and v is not None)
-        or (isinstance(v, list) and any(isinstance(i, dict) and has_sensitive(i) for i in v))
-        for k, v in kwargs.items()
-    )
+from billing_client.masking import has_sensitive, masked
 
 
 def masked_kwargs(kwargs: Any) -> str:
