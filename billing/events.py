@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from billing import rules
@@ -41,7 +41,7 @@ NAMESPACE = uuid.UUID("4f1f1d52-7d0e-4d8e-9a55-2a6f1e0b7c31")
 
 
 def stamp(value: datetime) -> str:
-    return rules.as_utc(value).astimezone(UTC).isoformat(timespec="microseconds")
+    return rules.as_utc(value).isoformat(timespec="microseconds")
 
 
 def event_id(event_type: EventType, user_id: int, subject: str | datetime) -> uuid.UUID:

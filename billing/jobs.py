@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from billing.rules import as_utc
 from models import JobRun
 
 RUNS = JobRun.__table__
@@ -57,4 +58,6 @@ def record(engine: Engine, job: str, result: dict[str, Any]) -> None:
 def last_runs(engine: Engine) -> dict[str, dict[str, Any]]:
     with engine.connect() as conn:
         rows = conn.execute(select(RUNS)).all()
-    return {row.job: {"succeeded_at": row.succeeded_at, "result": row.result} for row in rows}
+    return {
+        row.job: {"succeeded_at": as_utc(row.succeeded_at), "result": row.result} for row in rows
+    }

@@ -55,8 +55,11 @@ MAX_BALANCE = 2**31 - 1
 
 
 def as_utc(value: datetime) -> datetime:
-    # SQLite hands back naive datetimes; everything we store is UTC.
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    """The instant in UTC. psycopg hands ``timestamptz`` back in the session's TimeZone, and
+    Python subtracts, adds to and compares two datetimes of one zone by their wall clocks:
+    across a daylight-saving change that is an hour off. In UTC it is exact seconds. SQLite
+    hands back naive datetimes; everything we store is UTC."""
+    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def next_period_start(reset_at: datetime, now: datetime, period: timedelta) -> datetime | None:

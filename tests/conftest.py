@@ -358,39 +358,42 @@ def shift_clock(engine: Engine, days: float, user_ids: list[int] | None = None) 
     """Move the accounts' stored times back by ``days``: for them, as if ``days`` had passed."""
     where_user = "" if user_ids is None else "WHERE id = ANY(:ids)"
     where_ledger = "" if user_ids is None else "WHERE user_id = ANY(:ids)"
-    params = {"d": timedelta(days=days), "ids": user_ids}
+    # In seconds: an interval of days is calendar days in the session's zone, and the tests'
+    # database is in one with daylight saving time (tests.services.DB_TIMEZONE).
+    d = "make_interval(secs => :secs)"
+    params = {"secs": days * 86400.0, "ids": user_ids}
     with engine.begin() as conn:
         conn.execute(
             text(
-                "UPDATE users SET freemium_reset_at = freemium_reset_at - :d,"
-                " subscription_ops_reset_at = subscription_ops_reset_at - :d,"
-                f" subscription_end = subscription_end - :d {where_user}"
+                f"UPDATE users SET freemium_reset_at = freemium_reset_at - {d},"
+                f" subscription_ops_reset_at = subscription_ops_reset_at - {d},"
+                f" subscription_end = subscription_end - {d} {where_user}"
             ),
             params,
         )
         conn.execute(
-            text(f"UPDATE credits_ledger SET created_at = created_at - :d {where_ledger}"), params
+            text(f"UPDATE credits_ledger SET created_at = created_at - {d} {where_ledger}"), params
         )
         conn.execute(
             text(
-                "UPDATE billing_holds SET created_at = created_at - :d,"
-                " expires_at = expires_at - :d, settled_at = settled_at - :d"
+                f"UPDATE billing_holds SET created_at = created_at - {d},"
+                f" expires_at = expires_at - {d}, settled_at = settled_at - {d}"
                 f" {where_ledger}"
             ),
             params,
         )
         conn.execute(
             text(
-                "UPDATE allowance_resets SET period_start = period_start - :d,"
-                f" recorded_at = recorded_at - :d {where_ledger}"
+                f"UPDATE allowance_resets SET period_start = period_start - {d},"
+                f" recorded_at = recorded_at - {d} {where_ledger}"
             ),
             params,
         )
         conn.execute(
             text(
-                "UPDATE billing_events SET occurred_at = occurred_at - :d,"
-                " subject_at = subject_at - :d, published_at = published_at - :d,"
-                f" kept_until = kept_until - :d {where_ledger}"
+                f"UPDATE billing_events SET occurred_at = occurred_at - {d},"
+                f" subject_at = subject_at - {d}, published_at = published_at - {d},"
+                f" kept_until = kept_until - {d} {where_ledger}"
             ),
             params,
         )

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import Connection, create_engine, text
 
-from tests.services import ADMIN_DATABASE_URL
+from tests.services import ADMIN_DATABASE_URL, DB_TIMEZONE
 
 TABLES = (
     "allowance_resets",
@@ -23,8 +23,14 @@ def recreate_database(name: str) -> None:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
             conn.execute(text(f'CREATE DATABASE "{name}"'))
+            set_timezone(conn, name, DB_TIMEZONE)
     finally:
         admin.dispose()
+
+
+def set_timezone(conn: Connection, name: str, zone: str) -> None:
+    """The database's default TimeZone: every session started after it reads times in it."""
+    conn.execute(text(f"ALTER DATABASE \"{name}\" SET timezone TO '{zone}'"))
 
 
 def truncate_all(engine) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 from sqlalchemy.engine import make_url
 
@@ -16,6 +17,12 @@ RABBITMQ_URL = os.environ.get(
 )
 # Another name (and Redis database and RabbitMQ vhost) lets two runs share the machine.
 TEST_DATABASE = os.environ.get("BILLING_TEST_DATABASE", "billing_test")
+# The suite runs where time zones bite: the tests' databases in a zone with daylight saving
+# time (their sessions' TimeZone, which psycopg hands timestamps back in), and the worker
+# processes, this one included, in another, with a half-hour offset and DST of its own. A
+# test, or a line of the processor, that only holds in UTC fails here.
+DB_TIMEZONE = os.environ.get("BILLING_TEST_DB_TIMEZONE", "Europe/Berlin")
+WORKER_TZ = os.environ.get("BILLING_TEST_WORKER_TZ", "America/St_Johns")
 
 
 def database_url(name: str) -> str:
@@ -28,6 +35,11 @@ def configure_environment() -> None:
     os.environ["BILLING_BROKER_URL"] = REDIS_URL
     os.environ["BILLING_RESULT_BACKEND"] = REDIS_URL
     os.environ["BILLING_QUEUE"] = "billing"
+    # Every worker process inherits it; tzset() moves this one (the in-process worker's).
+    os.environ["TZ"] = WORKER_TZ
+    time.tzset()
+    # libpq would send PGTZ as the session's TimeZone, hiding the database's own setting.
+    os.environ.pop("PGTZ", None)
     for name in list(os.environ):
         if (
             name.startswith("BILLING_")
