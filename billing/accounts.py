@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from billing import frame, results, rules
+from billing import frame, holds, results, rules
 from billing.frame import Decision, Movement
 from billing.rules import AccountRow
 from billing.settings import Settings
@@ -18,14 +18,27 @@ class BringUpToDate(Movement):
     key = None
     operation = "state"
 
-    def __init__(self, user_id: int) -> None:
+    def __init__(self, user_id: int, with_holds: bool = False) -> None:
         self.user_id = user_id
+        self.with_holds = with_holds
 
     def decide(self, account: AccountRow, now: datetime, settings: Settings) -> Decision:
-        return Decision(results.success(state=rules.account_state(account, now, settings)))
+        return Decision(_state(account, now, settings, self.with_holds))
 
 
-def get_state(store: Store, args: UserArgs, settings: Settings) -> results.Result:
+def _state(
+    account: AccountRow, now: datetime, settings: Settings, with_holds: bool
+) -> results.Result:
+    """The state, and for operators the open holds it counts, both of one read."""
+    state = results.success(state=rules.account_state(account, now, settings))
+    if with_holds:
+        state["open_holds"] = holds.list_open(account)
+    return state
+
+
+def get_state(
+    store: Store, args: UserArgs, settings: Settings, *, with_holds: bool = False
+) -> results.Result:
     if not settings.v4_enabled:
         return results.billing_disabled()
     # A read takes no lock unless the account needs a reset, a tier fix or an expiry stored.
@@ -38,8 +51,8 @@ def get_state(store: Store, args: UserArgs, settings: Settings) -> results.Resul
     if not rules.refresh_changes(account, effective, settings) and not rules.due_holds(
         account, effective
     ):
-        return results.success(state=rules.account_state(account, now, settings))
-    outcome = frame.run(store, BringUpToDate(args.user_id), settings)
+        return _state(account, now, settings, with_holds)
+    outcome = frame.run(store, BringUpToDate(args.user_id, with_holds), settings)
     if outcome["code"] == results.NOT_FOUND:  # gone between the two reads
         return results.user_not_found(args.user_id)
     return outcome

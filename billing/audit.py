@@ -9,18 +9,24 @@
   expiry returns an allowance only while its take's period is current, so both sides of the
   sum move together.
 
-It also checks every hold against its ledger rows: an open hold has no settlement, a closed
+It also checks every ledger row's running figures (``billing.chain``): in id order, each row's
+``*_after`` columns are the account's figures right after it, so a row written with figures
+of another moment is named by its ``ledger_id`` (``billing repair-ledger-chain`` rewrites it).
+With the sums above, this also makes the newest row agree with the account.
+
+And it checks every hold against its ledger rows: an open hold has no settlement, a closed
 one has exactly the settlement its status names.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import Connection, bindparam, text
 from sqlalchemy.orm import Session
 
-from billing import results
+from billing import chain, results
 from billing.settlement import SETTLE_PREFIX
 from billing.validation import AuditArgs
 
@@ -29,20 +35,11 @@ MAX_REPORTED = 1000
 _AUDIT_SQL = """
 WITH movements AS (
     SELECT l.user_id,
-           sum(CASE WHEN l.source = 'credits' THEN
-                   CASE WHEN l.entry_type IN ('grant', 'refund', 'release', 'expire') THEN l.amount
-                        WHEN l.entry_type IN ('charge', 'hold') THEN -l.amount ELSE 0 END
-               ELSE 0 END) AS credits,
-           sum(CASE WHEN l.source = 'subscription' AND l.created_at >= u.subscription_ops_reset_at
-                    THEN CASE WHEN l.entry_type IN ('charge', 'hold') THEN l.amount
-                              WHEN l.entry_type IN ('refund', 'release', 'expire') THEN -l.amount
-                              ELSE 0 END
-               ELSE 0 END) AS subscription_ops,
-           sum(CASE WHEN l.source = 'freemium' AND l.created_at >= u.freemium_reset_at
-                    THEN CASE WHEN l.entry_type IN ('charge', 'hold') THEN l.amount
-                              WHEN l.entry_type IN ('refund', 'release', 'expire') THEN -l.amount
-                              ELSE 0 END
-               ELSE 0 END) AS freemium_actions
+           sum({credits}) AS credits,
+           sum(CASE WHEN l.created_at >= u.subscription_ops_reset_at THEN {ops} ELSE 0 END)
+               AS subscription_ops,
+           sum(CASE WHEN l.created_at >= u.freemium_reset_at THEN {actions} ELSE 0 END)
+               AS freemium_actions
     FROM credits_ledger AS l
     JOIN users AS u ON u.id = l.user_id
     {ledger_filter}
@@ -85,14 +82,40 @@ CHECKS = (
 )
 
 
+def account_checks(
+    db: Connection | Session, user_ids: list[int] | None
+) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+    """Each account of ``user_ids`` (None: every account), in id order, with the mismatches
+    between its figures and its ledger's sums (none: it is explained by its ledger)."""
+    sql = _AUDIT_SQL.format(
+        credits=chain.CREDITS_MOVED,
+        ops=chain.OPS_MOVED,
+        actions=chain.ACTIONS_MOVED,
+        ledger_filter="" if user_ids is None else "WHERE l.user_id IN :ids",
+        user_filter="" if user_ids is None else "WHERE u.id IN :ids",
+    )
+    statement = text(sql)
+    if user_ids is not None:
+        statement = statement.bindparams(bindparam("ids", value=user_ids, expanding=True))
+    for row in db.execute(statement):
+        yield (
+            row.user_id,
+            [
+                {
+                    "user_id": row.user_id,
+                    "field": actual_col,
+                    "stored": getattr(row, actual_col),
+                    "ledger": int(getattr(row, expected_col)),
+                }
+                for actual_col, expected_col in CHECKS
+                if getattr(row, actual_col) != getattr(row, expected_col)
+            ],
+        )
+
+
 def audit(session: Session, args: AuditArgs) -> results.Result:
     """Check one account (``user_id``) or all of them; report every mismatch."""
-    params: dict[str, Any] = {}
-    ledger_filter = user_filter = ""
-    if args.user_id is not None:
-        ledger_filter, user_filter = "WHERE l.user_id = :uid", "WHERE u.id = :uid"
-        params["uid"] = args.user_id
-    sql = _AUDIT_SQL.format(ledger_filter=ledger_filter, user_filter=user_filter)
+    user_ids = None if args.user_id is None else [args.user_id]
     if session.get_bind().dialect.name == "postgresql":
         # A read of every account holds no lock: the worker's statement timeout, which bounds
         # lock holders, does not apply; the task's own time limit bounds it.
@@ -100,25 +123,17 @@ def audit(session: Session, args: AuditArgs) -> results.Result:
     checked = 0
     mismatches: list[dict[str, Any]] = []
     total = 0
-    for row in session.execute(text(sql), params):
+    for _user_id, found in account_checks(session, user_ids):
         checked += 1
-        for actual_col, expected_col in CHECKS:
-            actual, expected = getattr(row, actual_col), getattr(row, expected_col)
-            if actual != expected:
-                total += 1
-                if len(mismatches) < MAX_REPORTED:
-                    mismatches.append(
-                        {
-                            "user_id": row.user_id,
-                            "field": actual_col,
-                            "stored": actual,
-                            "ledger": int(expected),
-                        }
-                    )
+        total += len(found)
+        mismatches.extend(found[: MAX_REPORTED - len(mismatches)])
     if args.user_id is not None and checked == 0:
         return results.user_not_found(args.user_id)
+    drifted, rows = chain.drift(session, user_ids, MAX_REPORTED - len(mismatches))
+    total += drifted
+    mismatches.extend(rows)
+    params: dict[str, Any] = {"uid": args.user_id, "settle_prefix": SETTLE_PREFIX}
     hold_filter = "h.user_id = :uid AND" if args.user_id is not None else ""
-    params["settle_prefix"] = SETTLE_PREFIX
     for row in session.execute(text(_HOLDS_SQL.format(hold_filter=hold_filter)), params):
         total += 1
         if len(mismatches) < MAX_REPORTED:

@@ -4,7 +4,8 @@ A hold's amount was taken when it was reserved. Settling gives back what is not 
 it on a release or an expiry (as much as ``rules.returnable`` allows), the uncaptured rest on
 a capture. Each settlement writes one ledger row keyed ``billing:settle:<hold key>``: the key
 is unique, so the database itself lets a hold settle once. A partial capture's rest goes
-back in a second row, keyed ``billing:settle-rest:<hold key>``.
+back in a row of its own, keyed ``billing:settle-rest:<hold key>`` and written just before the
+capture's. Every row's ``*_after`` figures are the account's right after it, in id order.
 """
 
 from __future__ import annotations
@@ -68,11 +69,13 @@ def settle(
 
     if status == HoldStatus.CAPTURED:
         assert captured is not None and 0 <= captured <= hold.amount
-        entries = [row(EntryType.CAPTURE, captured, SETTLE_PREFIX, meta)]
         # Only credits can be captured in part; an allowance or admin hold keeps it all.
         returned = hold.amount - captured
+        rules.give_back(account, hold.source, returned)
+        # The capture is the movement's own row, written after the rest's (``Writes``): both
+        # carry the account as it is once the rest is back, the capture itself moving nothing.
+        entries = [row(EntryType.CAPTURE, captured, SETTLE_PREFIX, meta)]
         if returned:
-            rules.give_back(account, hold.source, returned)
             entries.append(row(EntryType.RELEASE, returned, REST_PREFIX, {"rest_of_capture": True}))
     else:
         captured = None

@@ -170,7 +170,8 @@ class Store(Protocol):
         """End an open transaction without writing; nothing when none is open."""
 
     def peek(self, user_id: int) -> tuple[AccountRow | None, datetime]:
-        """The account and its open holds, without a lock, for reads that write nothing."""
+        """The account, its open holds and the clock, without a lock, for reads that write
+        nothing: one statement, so one snapshot (a balance and holds of one moment)."""
 
     def find_charge(self, key: str) -> ChargeRow | None:
         """The charge recorded under ``key``, or the capture of the hold ``key``; ledger rows

@@ -12,12 +12,12 @@ from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Column, Connection, Table, func, or_, select, union_all, update
+from sqlalchemy import Column, Connection, Table, and_, func, or_, select, union_all, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 
 from billing import store
-from billing.rules import ACCOUNT_COLUMNS, AccountRow, HoldRow
+from billing.rules import ACCOUNT_COLUMNS, AccountRow, HoldRow, as_utc
 from billing.settlement import SETTLE_PREFIX
 from billing.store import (
     ChargeRow,
@@ -58,9 +58,10 @@ def insert_unless_exists(conn: Connection, table: Table) -> Insert:
 
 def db_now(conn: Connection) -> datetime:
     """The transaction's clock: PostgreSQL's ``now()``, one clock with the frame for every
-    worker; the process's on the embedded default, which runs on one machine."""
+    worker; the process's on the embedded default, which runs on one machine. In UTC, so that
+    arithmetic on it is in exact seconds whatever the session's TimeZone."""
     if conn.dialect.name == "postgresql":
-        return conn.execute(select(func.now())).scalar_one()
+        return as_utc(conn.execute(select(func.now())).scalar_one())
     return datetime.now(UTC)
 
 
@@ -99,11 +100,11 @@ class SqlStore:
                 accounts[user_id].holds.append(HoldRow(*hold))
         return list(accounts.values()), now
 
-    def _account(
-        self, user_id: int, *, for_update: bool, hold_key: str | None = None
-    ) -> AccountRow | None:
-        query = select(*COLUMNS).where(USERS.c.id == user_id)
-        row = self.conn.execute(query.with_for_update() if for_update else query).first()
+    def _lock_account(self, user_id: int, hold_key: str | None) -> AccountRow | None:
+        """The account under its row lock, then its open holds (and the hold ``hold_key``):
+        read after the lock, so they are as its last movement left them."""
+        query = select(*COLUMNS).where(USERS.c.id == user_id).with_for_update()
+        row = self.conn.execute(query).first()
         if row is None:
             return None
         named = HOLDS.c.status == HoldStatus.HELD
@@ -116,7 +117,7 @@ class SqlStore:
 
     def lock(self, user_id: int, key: str | None, hold_key: str | None = None) -> Locked:
         self.conn.begin()
-        account = self._account(user_id, for_update=True, hold_key=hold_key)
+        account = self._lock_account(user_id, hold_key)
         stored = None
         if key is not None:
             row = self.conn.execute(
@@ -239,8 +240,23 @@ class SqlStore:
             self.conn.rollback()
 
     def peek(self, user_id: int) -> tuple[AccountRow | None, datetime]:
+        # The account and its open holds in one statement (a row per hold), so in one
+        # snapshot on any dialect: two statements under PostgreSQL's READ COMMITTED could
+        # straddle a reserve's or a release's commit and count its credits twice or not at all.
+        open_holds = and_(HOLDS.c.user_id == USERS.c.id, HOLDS.c.status == HoldStatus.HELD)
+        query = (
+            select(*COLUMNS, *HOLD_COLUMNS)
+            .select_from(USERS.outerjoin(HOLDS, open_holds))
+            .where(USERS.c.id == user_id)
+        )
+        width = len(COLUMNS)
         with self.conn.begin():
-            return self._account(user_id, for_update=False), self._now()
+            rows = self.conn.execute(query).all()
+            now = self._now()
+        if not rows:
+            return None, now
+        holds = [HoldRow(*row[width:]) for row in rows if row[width] is not None]
+        return AccountRow(*rows[0][:width], holds=holds), now
 
     def find_charge(self, key: str) -> ChargeRow | None:
         charges = select(

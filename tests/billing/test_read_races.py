@@ -4,6 +4,9 @@ Each race is driven deterministically: a test transaction holds the account's ro
 movement is sent and queues on it, then the read is sent and queues behind it, then the lock
 is released. The read saw the account before the movement (its first, unlocked look found a
 lazy reset due); what it stores must still be what the movement left.
+
+And a read's figures are of one moment: thousands of reads while holds are taken and released
+each see the account's credits whole.
 """
 
 from __future__ import annotations
@@ -11,16 +14,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 import psycopg
-from celery.result import AsyncResult
+from celery.result import AsyncResult, ResultSet
 from sqlalchemy import Engine
 
 from billing.settings import get_settings
 from tests.conftest import RESULT_TIMEOUT, days_ago, ledger_rows
-from tests.procs import wait_until
+from tests.procs import celery_worker_process, wait_until
 from worker import app
 
 
@@ -137,4 +142,58 @@ def test_billing_state_command_racing_a_charge_leaves_the_charge_counted(worker,
     assert charged["source"] == "freemium"
     assert accounts.get(user).freemium_actions_used == 1
     assert json.loads(out)["state"]["freemium"]["used"] == 1
+    assert worker.audit(user)["clean"] is True
+
+
+READS_QUEUE = "billing-read-races"
+READS = 2000
+IN_FLIGHT = 100
+HOLDS = 100  # of 10 credits: the account's 1,000
+
+
+def test_get_state_shows_one_snapshot_while_holds_come_and_go(worker, accounts, engine):
+    # Reserves and releases move the account's 1,000 credits between its balance and its open
+    # holds: a read that saw the balance and the holds at two moments shows another sum. (On
+    # two statements, about one read in a hundred did here.)
+    user = accounts.create()
+    worker.grant(user, 1000, f"fund-{user}")
+    stop = threading.Event()
+    churned: list[int] = []
+
+    def churn() -> None:
+        # Through the in-process worker, on the public queue, while another worker's
+        # processes serve the reads from a queue of their own. A batch's reserves commit one
+        # after another at the database's pace; then every hold is released, one task each.
+        while not stop.is_set():
+            keys = [f"churn-{len(churned)}-{n}" for n in range(HOLDS)]
+            items = [
+                {"user_id": user, "idempotency_key": key, "operation": "assistant", "cost": 10}
+                for key in keys
+            ]
+            reserved = app.send_task("billing.reserve_batch", kwargs={"reserves": items})
+            assert {r["code"] for r in reserved.get(timeout=RESULT_TIMEOUT)["results"]} == {200}
+            released = [_send("billing.release", idempotency_key=key) for key in keys]
+            assert {r.get(timeout=RESULT_TIMEOUT)["code"] for r in released} == {200}
+            churned.append(len(keys))
+
+    writer = threading.Thread(target=churn)
+    sums: Counter[int] = Counter()
+    with celery_worker_process(READS_QUEUE, concurrency=4):
+        writer.start()
+        try:
+            for _ in range(READS // IN_FLIGHT):
+                pending = [
+                    app.send_task("billing.get_state", kwargs={"user_id": user}, queue=READS_QUEUE)
+                    for _ in range(IN_FLIGHT)
+                ]
+                for answer in ResultSet(pending).get(timeout=RESULT_TIMEOUT):
+                    state = answer["state"]
+                    sums[state["credits"]["balance"] + state["held"]["credits"]] += 1
+        finally:
+            stop.set()
+            writer.join()
+
+    assert sums == {1000: READS}
+    assert sum(churned) >= 2 * HOLDS  # the holds came and went while the reads ran
+    assert accounts.get(user).balance_credits == 1000
     assert worker.audit(user)["clean"] is True
