@@ -8,7 +8,9 @@
    can be written back.
 2. Lazy resets, the tier fix and the expiry of due holds bring the locked account up to date
    (``bring_up_to_date``).
-3. A key with an outcome answers that outcome (``replayed: true``) if the request matches it,
+3. An argument only the locked account can check (``Movement.invalid``: a capture above its
+   hold) is a 422 first, whatever the key or the hold's state; it is not remembered.
+   A key with an outcome answers that outcome (``replayed: true``) if the request matches it,
    else 409, whatever flags, costs and tiers are configured now: they apply to new keys only.
 4. A new key: the movement's rules decide (``Movement.decide``); a refusal (a 422, a disabled
    flag) writes nothing and is not remembered.
@@ -68,6 +70,12 @@ class Movement:
 
     def enabled(self, settings: Settings) -> results.Result | None:
         """The refusal a disabled flag gives a new key, or None."""
+        return None
+
+    def invalid(self, account: AccountRow) -> results.Result | None:
+        """A 422 for an argument only the locked account can check (a capture above its
+        hold), or None. It is the arguments' validation, so it comes before the key's
+        outcome and is refused as that is: nothing written, nothing remembered."""
         return None
 
     def recorded_cost(self, settings: Settings) -> int | None:
@@ -132,6 +140,9 @@ def _run(store: Store, movement: Movement, settings: Settings) -> results.Result
     locked = store.lock(movement.user_id, movement.key, movement.hold_key)
     account, now, update, changed = locked.account, locked.now, Update(), False
     if account is not None:
+        invalid = movement.invalid(account)
+        if invalid is not None:
+            raise Refused(invalid)
         before = dataclasses.replace(account)
         now = rules.effective_now(account, locked.now)
         update = bring_up_to_date(account, now, settings)

@@ -15,9 +15,6 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
 from billing import frame, results, rules, settlement
 from billing.charges import Charge, V4Gated, paid_outcome
 from billing.frame import Decision, Refused
@@ -25,7 +22,7 @@ from billing.rules import AccountRow, HoldRow
 from billing.settings import Settings
 from billing.store import Entry, HoldChange, Store
 from billing.validation import RESERVED_KEY_PREFIX, CaptureArgs, ReleaseArgs, ReserveArgs
-from models import EntryType, Hold, HoldStatus, LedgerSource, Operation
+from models import EntryType, HoldStatus, LedgerSource, Operation
 
 HOLD_NOT_FOUND = "hold_not_found"
 HOLD_CLOSED = "hold_closed"
@@ -97,8 +94,11 @@ class _Settle(V4Gated):
             hold=hold_view(hold),
         )
 
+    def hold(self, account: AccountRow) -> HoldRow | None:
+        return next((h for h in account.holds if h.key == self.hold_key), None)
+
     def decide(self, account: AccountRow, now: datetime, settings: Settings) -> Decision:
-        hold = next((h for h in account.holds if h.key == self.hold_key), None)
+        hold = self.hold(account)
         if hold is None:  # the store found it before the lock, and holds are never deleted
             raise Refused(hold_not_found(self.hold_key))
         if hold.status != HoldStatus.HELD:
@@ -122,20 +122,27 @@ class Capture(_Settle):
         super().__init__(args.idempotency_key, user_id)
         self.requested_cost = args.amount
 
+    def invalid(self, account: AccountRow) -> results.Result | None:
+        # A hold's amount and source never change, so an amount they rule out is a bad
+        # argument in any state of the hold: checked before the key's outcome or the hold's
+        # status, and never remembered (the same key may come again with a valid amount).
+        hold, amount = self.hold(account), self.requested_cost
+        if hold is None or amount is None or amount == hold.amount:
+            return None
+        if amount > hold.amount:
+            return results.invalid("amount", f"is above the held amount ({hold.amount})")
+        if hold.source != LedgerSource.CREDITS:
+            return results.invalid(
+                "amount",
+                f"a {hold.source} hold is captured whole ({hold.amount}); only credits"
+                " holds can be captured in part",
+            )
+        return None
+
     def settle(
         self, account: AccountRow, hold: HoldRow, now: datetime, settings: Settings
     ) -> Decision:
         amount = hold.amount if self.requested_cost is None else self.requested_cost
-        if amount > hold.amount:
-            raise Refused(results.invalid("amount", f"is above the held amount ({hold.amount})"))
-        if amount != hold.amount and hold.source != LedgerSource.CREDITS:
-            raise Refused(
-                results.invalid(
-                    "amount",
-                    f"a {hold.source} hold is captured whole ({hold.amount}); only credits"
-                    " holds can be captured in part",
-                )
-            )
         settled = settlement.settle(account, hold, HoldStatus.CAPTURED, captured=amount)
         outcome = self.settled_outcome(account, now, settings, settled)
         entry, *rest = settled.entries
@@ -165,16 +172,13 @@ class Release(_Settle):
         return Decision(outcome, settled.entries[0], holds=[settled.change])
 
 
-def list_open(session: Session, user_id: int) -> list[dict[str, Any]]:
-    """The account's open holds, oldest first, for operators (``billing state``)."""
-    rows = session.scalars(
-        select(Hold)
-        .where(Hold.user_id == user_id, Hold.status == HoldStatus.HELD)
-        .order_by(Hold.created_at, Hold.idempotency_key)
-    )
+def list_open(account: AccountRow) -> list[dict[str, Any]]:
+    """The account's open holds, oldest first, for operators (``billing state``): from the
+    same read as its state, so the list and the state's ``held`` agree."""
+    rows = sorted(rules.open_holds(account), key=lambda h: (rules.as_utc(h.created_at), h.key))
     return [
         {
-            "idempotency_key": hold.idempotency_key,
+            "idempotency_key": hold.key,
             "operation": str(hold.operation),
             "source": str(hold.source),
             "amount": hold.amount,

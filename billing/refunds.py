@@ -24,7 +24,8 @@ class Refund(Movement):
 
     Credits always go back. An operation or freemium action goes back to its allowance only
     while the period it was taken from is current; otherwise nothing is returned and the
-    result says so. An admin charge returns nothing and succeeds.
+    result says so. An admin charge returns nothing and succeeds, as does a hold captured with
+    amount 0 (it charged nothing).
     """
 
     operation = "refund"
@@ -43,7 +44,7 @@ class Refund(Movement):
             source=str(charge.source),
             amount=restored,
             restored=restored > 0,
-            note=_note(charge.source, restored),
+            note=_note(charge, restored),
             charge_ledger_id=charge.id,
             idempotency_key=self.args.idempotency_key,
             replayed=False,
@@ -68,9 +69,14 @@ def refund(store: Store, args: RefundArgs, settings: Settings) -> results.Result
     return frame.run(store, Refund(args, charge), settings)
 
 
-def _note(source: LedgerSource, restored: int) -> str:
+def _note(charge: ChargeRow, restored: int) -> str:
+    source = charge.source
     if source == LedgerSource.ADMIN:
         return "admin charges take nothing; nothing to return"
+    if charge.amount == 0:
+        # Only a credits hold captured with amount=0 leaves a charge of nothing: every other
+        # charge costs at least 1, and an allowance hold is captured whole.
+        return "the hold was captured with amount 0: nothing was charged, so nothing to return"
     if restored:
         return f"returned {restored} to {source}"
     return f"the {source} period the charge was taken from has ended; nothing returned"

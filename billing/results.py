@@ -15,6 +15,7 @@ FORBIDDEN = 403
 NOT_FOUND = 404
 CONFLICT = 409
 UNPROCESSABLE = 422
+SERVICE_UNAVAILABLE = 503
 
 BILLING_DISABLED = "billing_disabled"
 LEDGER_DISABLED = "ledger_disabled"
@@ -23,6 +24,9 @@ USER_NOT_FOUND = "user_not_found"
 IDEMPOTENCY_CONFLICT = "idempotency_conflict"
 INVALID_REQUEST = "invalid_request"
 FORBIDDEN_QUEUE = "forbidden_queue"
+# A batch item that was not done (billing.batch): nothing written, nothing remembered.
+NOT_ATTEMPTED = "not_attempted"
+LOCK_TIMEOUT = "lock_timeout"
 
 Result = dict[str, Any]
 
@@ -59,6 +63,18 @@ def forbidden_queue(task: str, queue: str | None, admin_queue: str) -> Result:
         FORBIDDEN_QUEUE,
         f"{task} is accepted only from the admin queue {admin_queue!r}, not {queue!r};"
         " nothing was written",
+    )
+
+
+def not_done(error: str, message: str, key: Any) -> Result:
+    """A batch item the batch could not do: 503 with ``retry: true``. Nothing was written or
+    remembered for it, so the producer sends it again under the same key."""
+    return failure(
+        SERVICE_UNAVAILABLE,
+        error,
+        f"{message}; nothing was written: send it again with the same key",
+        idempotency_key=key,
+        retry=True,
     )
 
 

@@ -57,6 +57,9 @@ class BillingResult:
     state: dict[str, Any] | None = None
     # A reserve's, capture's or release's hold: {"status": ..., "held": n, "expires_at": ...}.
     hold: dict[str, Any] | None = None
+    # A batch item that was not done (503 ``not_attempted`` or ``lock_timeout``): nothing was
+    # written for it; send it again, under the same key.
+    retry: bool = False
     raw: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
 
     @classmethod
@@ -74,6 +77,7 @@ class BillingResult:
             replayed=bool(answer.get("replayed", False)),
             state=answer.get("state"),
             hold=answer.get("hold"),
+            retry=answer.get("retry") is True,
             raw=answer,
         )
 
@@ -243,7 +247,9 @@ class BillingClient:
     ) -> list[BillingResult]:
         """Up to 100 charges in one message, ``{user_id, idempotency_key, operation
         ("generation" or "assistant"), cost?, meta?}`` each; every item is answered as its
-        own message would be (its 402, 404, 409 or 422 included), in item order."""
+        own message would be (its 402, 404, 409 or 422 included), in item order. An item
+        with ``retry`` set was not done (the batch kept to its time limit, or its account's
+        lock was busy): send those items again, with the same keys."""
         return self._batch(names.CHARGE_BATCH, "charges", charges, include_state, timeout)
 
     def reserve_batch(

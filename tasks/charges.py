@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from billing import batch, charges, frame, results
@@ -62,17 +63,37 @@ def run_batch(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> results.Result:
-    """Check the batch as a whole (a list of 1 to 100 items), then answer every item."""
+    """Check the batch as a whole (a list of 1 to 100 items), then answer every item, all
+    before this run's time limit ends (``billing.batch``)."""
     field = task.batch_items
     assert field is not None
+    deadline = batch.deadline(time.monotonic(), time_limit(task))
     return task.execute(
         parser,
         args,
         kwargs,
         lambda store, parsed, settings: results.success(
-            results=batch.run(store, getattr(parsed, field), kind, settings, parsed.include_state)
+            results=batch.run(
+                store, getattr(parsed, field), kind, settings, parsed.include_state, deadline
+            )
         ),
     )
+
+
+def time_limit(task: BillingTask) -> float | None:
+    """The shortest time limit of this run, in seconds: the task's own (``task_time_limit``),
+    or a shorter hard or soft limit its message asks for. A message may shorten the run, never
+    lengthen it, and a limit that is not a positive number is not one."""
+    from_message = getattr(task.request, "timelimit", None)
+    limits = [task.time_limit, task.soft_time_limit]
+    if isinstance(from_message, list | tuple):
+        limits += from_message
+    positive = [
+        float(limit)
+        for limit in limits
+        if isinstance(limit, int | float) and not isinstance(limit, bool) and limit > 0
+    ]
+    return min(positive, default=None)
 
 
 @app.task(bind=True, base=BillingTask, name=names.CHARGE_BATCH, batch_items="charges")

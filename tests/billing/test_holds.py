@@ -165,7 +165,7 @@ def test_a_partial_capture_of_credits_returns_the_rest_at_once(worker, accounts,
     assert [(r.entry_type, r.amount, r.balance_credits_after) for r in rows] == [
         ("hold", 10, 90),
         ("release", 3, 93),  # the rest, written just before the capture it belongs to
-        ("capture", 7, 90),
+        ("capture", 7, 93),  # moves nothing: the account as the rest left it
     ]
     assert rows[1].meta == {"rest_of_capture": True}
 
@@ -189,6 +189,41 @@ def test_capture_amounts_are_checked_and_a_422_is_not_remembered(worker, account
     assert worker.capture("job-s", amount=1)["amount"] == 1
     assert worker.capture("job-c", amount=0)["returned"] == 10
     assert accounts.get(payer).balance_credits == 100
+
+
+def test_a_capture_amount_the_hold_rules_out_is_422_in_any_state_and_not_remembered(
+    worker, accounts, engine
+):
+    payer = accounts.credits_only()
+    subscriber = accounts.subscriber()
+    worker.reserve_generation(payer, "job-gone", cost=10)
+    worker.reserve_generation(payer, "job-kept", cost=10)
+    worker.reserve_generation(subscriber, "job-sub")
+    worker.release("job-gone")
+    worker.release("job-sub")
+    kept = worker.capture("job-kept", amount=4)
+    remembered = count_rows(engine, "billing_requests")
+
+    above_released = worker.capture("job-gone", amount=11)
+    above_captured = worker.capture("job-kept", amount=11)
+    part_of_released_allowance = worker.capture("job-sub", amount=0)
+
+    for refused in (above_released, above_captured, part_of_released_allowance):
+        assert (refused["code"], refused["error"], refused["field"]) == (
+            422,
+            "invalid_request",
+            "amount",
+        ), refused
+    assert "above the held amount (10)" in above_released["message"]
+    assert "captured whole" in part_of_released_allowance["message"]
+    assert count_rows(engine, "billing_requests") == remembered
+    # Nothing was remembered under the keys: a valid amount gets the hold's own answer.
+    closed = worker.capture("job-gone", amount=5)
+    assert (closed["code"], closed["error"], closed["status"]) == (409, "hold_closed", "released")
+    assert worker.capture("job-gone", amount=5) == {**closed, "replayed": True}
+    assert worker.capture("job-kept", amount=4) == {**kept, "replayed": True}
+    assert worker.capture("job-sub")["status"] == "released"
+    assert accounts.get(payer).balance_credits == 96
 
 
 def test_release_gives_everything_back_and_a_closed_hold_stays_closed(worker, accounts, engine):

@@ -138,13 +138,15 @@ class Model:
         hold = self.holds.get(key)
         if hold is None:
             return {"code": 404}
+        # An amount the hold rules out is a 422 in any state of the hold, never remembered.
+        ruled_out = amount is not None and amount != hold["amount"]
+        if ruled_out and (amount > hold["amount"] or hold["source"] != "credits"):
+            return {"code": 422}
 
         def keep(acc: Account) -> dict[str, Any]:
             if hold["status"] != "held":
                 return {"code": 409, "status": hold["status"], "_cost": amount}
             kept = hold["amount"] if amount is None else amount
-            if kept > hold["amount"] or (kept != hold["amount"] and hold["source"] != "credits"):
-                return {"code": 422}
             acc.balance += hold["amount"] - kept if hold["source"] == "credits" else 0
             hold["status"] = "captured"
             self.charges[key] = {**hold, "amount": kept}

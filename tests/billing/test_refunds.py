@@ -62,6 +62,27 @@ def test_refund_of_an_admin_charge_returns_nothing_and_succeeds(worker, accounts
     assert [r.entry_type for r in ledger_rows(engine, user)] == ["charge", "refund"]
 
 
+def test_refund_of_a_hold_captured_with_amount_0_says_nothing_was_charged(worker, accounts, engine):
+    user = accounts.credits_only()
+    worker.reserve_generation(user, "kept-nothing", cost=10)
+    captured = worker.capture("kept-nothing", amount=0)
+
+    result = worker.refund("kept-nothing")
+
+    assert (result["code"], result["source"], result["amount"], result["restored"]) == (
+        200,
+        "credits",
+        0,
+        False,
+    )
+    assert result["charge_ledger_id"] == captured["ledger_id"]
+    assert "captured with amount 0" in result["note"]
+    assert "nothing was charged" in result["note"]
+    assert "period" not in result["note"]
+    assert accounts.get(user).balance_credits == 100
+    assert worker.refund("kept-nothing") == {**result, "replayed": True}
+
+
 def test_a_charge_is_refunded_at_most_once(worker, accounts, engine):
     user = accounts.credits_only()
     worker.charge_assistant(user, "as-r", cost=10)
