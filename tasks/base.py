@@ -18,7 +18,6 @@ from billing.db import transaction
 from billing.settings import Settings, get_settings
 from billing.store import KeyRaced, Store
 from billing.validation import InvalidRequest, _Args
-from billing_client import rabbitmq
 from tasks.names import PRIVILEGED
 from worker import events, metrics
 from worker.db import get_engine, get_session_factory
@@ -150,17 +149,23 @@ class BillingTask(Task):
         return outcome
 
     def _refused_queue(self, settings: Settings) -> results.Result | None:
-        """A privileged task is run only from the admin queue: one pushed onto another queue
-        by hand is refused before anything is read or written (and not remembered)."""
+        """A privileged task is run only from the admin queue: one taken from any other queue,
+        or from a queue the worker cannot name, is refused before anything is read or written
+        (and not remembered). The queue is the one the worker consumed the message from
+        (``worker.routes`` writes it), never a field its producer wrote."""
         if self.name not in PRIVILEGED:
             return None
-        delivery = getattr(self.request, "delivery_info", None) or {}
-        routing_key = delivery.get("routing_key")
-        # A retry delayed on RabbitMQ comes back with its countdown in front of the key.
-        queue = None if routing_key is None else rabbitmq.queue_of(routing_key)
-        if queue is None or queue == settings.admin_queue:
-            return None  # run in-process (no queue), or from the admin queue
-        return results.forbidden_queue(self.name, queue, settings.admin_queue)
+        request = self.request
+        delivery = getattr(request, "delivery_info", None) or {}
+        # Run in this process, from no message: a direct call, or Task.apply (whose
+        # delivery_info Celery builds; a worker builds its own, without that key).
+        if request.called_directly or delivery.get("is_eager") is True:
+            return None
+        queue = delivery.get("routing_key")
+        if queue == settings.admin_queue:
+            return None
+        named = queue if isinstance(queue, str) else None
+        return results.forbidden_queue(self.name, named, settings.admin_queue)
 
     def on_retry(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any

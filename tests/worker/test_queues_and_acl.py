@@ -5,19 +5,22 @@ admin queue."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
 from amqp.exceptions import AccessRefused
 from celery import Celery
+from celery.result import AsyncResult
 from kombu import Connection
 from redis.exceptions import NoPermissionError
 
 from billing.settings import get_settings
-from billing_client import BillingClient
+from billing_client import BillingClient, rabbitmq
 from billing_client.names import PRIVILEGED
-from tests import brokers
-from tests.conftest import ledger_rows
+from tasks.lifecycle import grant_credits
+from tests import brokers, forge
+from tests.conftest import count_rows, ledger_rows
 from tests.procs import celery_worker_process
 from tests.services import REDIS_URL
 from worker import app
@@ -88,6 +91,57 @@ def test_a_grant_pushed_onto_the_public_queue_is_refused_and_not_remembered(work
     granted = worker.grant(user, 1_000, "by-hand")
     assert granted["ok"] and granted["replayed"] is False
     assert accounts.get(user).balance_credits == 1_100
+
+
+# A privileged message LPUSHed onto the public Redis list, its delivery_info (which on Redis
+# is part of the body the producer writes) naming the admin queue, or left out.
+FORGED_ROUTES = {
+    "admin-delivery-info": {"exchange": "billing-admin", "routing_key": "billing-admin"},
+    "admin-routing-key": {"exchange": "", "routing_key": "billing-admin"},
+    "no-delivery-info": forge.DROP,
+}
+
+
+def _privileged(task: str, user: int, key: str) -> dict[str, Any]:
+    return {
+        "billing.grant_credits": {"user_id": user, "amount": 1_000, "idempotency_key": key},
+        "billing.activate_subscription": {"user_id": user, "tier": "basic", "idempotency_key": key},
+        "billing.refund": {"idempotency_key": key},
+    }[task]
+
+
+@pytest.mark.parametrize("route", sorted(FORGED_ROUTES))
+@pytest.mark.parametrize(
+    "task", ["billing.grant_credits", "billing.refund", "billing.activate_subscription"]
+)
+def test_a_privileged_message_forged_onto_the_public_redis_list_is_refused(
+    worker, accounts, engine, task, route
+):
+    """The worker consumes both queues: what it took from the public list is refused whatever
+    the message says of its route, writes nothing, and the key is not remembered."""
+    settings = get_settings()
+    assert settings.admin_queue == "billing-admin"
+    user = accounts.credits_only()
+    key = f"forged-{route}"
+    if task == "billing.refund":
+        assert worker.charge_generation(user, key)["ok"]  # the charge the forger refunds
+    before = (accounts.get(user), ledger_rows(engine, user), count_rows(engine, "billing_requests"))
+    forged = forge.task_message(app, task, _privileged(task, user, key))
+    forge.push_redis(REDIS_URL, settings.queue, forged, FORGED_ROUTES[route])
+
+    answer = AsyncResult(forged.task_id, app=app).get(timeout=30)
+
+    assert answer["code"] == 403 and answer["error"] == "forbidden_queue"
+    after = accounts.get(user)
+    assert (after.balance_credits, after.subscription_type) == (
+        before[0].balance_credits,
+        before[0].subscription_type,
+    )
+    assert ledger_rows(engine, user) == before[1]
+    assert count_rows(engine, "billing_requests") == before[2]
+    # Not remembered: the same key sent properly to the admin queue is a first one.
+    sent = worker.call(task, **_privileged(task, user, key))
+    assert sent["ok"] and sent["replayed"] is False
 
 
 def test_redis_acl_users_keep_the_pipeline_off_the_admin_queue(worker, accounts, acl_users):
@@ -174,6 +228,21 @@ def test_rabbitmq_permissions_keep_the_pipeline_off_the_admin_queue(
                 kwargs={"user_id": user, "amount": 500, "idempotency_key": "rmq-acl-g"},
                 queue=settings.queue,
             ).get(timeout=30)
+            # Its permissions let it bind its queue under the admin queue's routing key: the
+            # grant arrives on `billing` with that key, and is refused all the same.
+            rebound = forge.task_message(
+                app,
+                "billing.grant_credits",
+                {"user_id": user, "amount": 500, "idempotency_key": "rmq-acl-g"},
+            )
+            forge.publish_amqp(
+                rabbitmq_users[PIPELINE],
+                rebound,
+                settings.queue,
+                settings.admin_queue,
+                bind_queue=settings.queue,
+            )
+            by_key = AsyncResult(rebound.task_id, app=app).get(timeout=30)
             granted = back_office.grant_credits(user, 500, "rmq-acl-g")
     finally:
         for client in (pipeline, back_office):
@@ -182,5 +251,49 @@ def test_rabbitmq_permissions_keep_the_pipeline_off_the_admin_queue(
 
     assert charged.ok and charged.source == "credits"
     assert by_hand["code"] == 403 and by_hand["error"] == "forbidden_queue"
+    assert by_key["code"] == 403 and by_key["error"] == "forbidden_queue"
     assert granted.ok and not granted.replayed
     assert accounts.get(user).balance_credits == 100 - settings.generation_cost + 500
+
+
+def test_a_privileged_task_retried_on_either_broker_comes_back_on_the_admin_queue(broker):
+    """A retry is sent to the queue the message was consumed from: on the admin queue it runs
+    again (and fails for good here, its database being unreachable); sent anywhere else, it
+    would have answered 403."""
+    public, admin = "billing-retry-public", "billing-retry-admin"
+    env = {
+        "BILLING_BROKER_URL": broker.url,
+        "BILLING_QUEUE": public,
+        "BILLING_ADMIN_QUEUE": admin,
+        "BILLING_DATABASE_URL": "postgresql+psycopg://billing@127.0.0.1:1/billing",
+        "BILLING_TASK_MAX_RETRIES": "2",
+    }
+    with broker.producer(admin) as producer:
+        if broker.amqp:
+            rabbitmq.configure(producer.conf, public, admin)
+        with celery_worker_process(
+            f"{public},{admin}", 1, env=env, loglevel="INFO", control_app=producer
+        ) as proc:
+            result = producer.send_task(
+                "billing.grant_credits",
+                kwargs={"user_id": 1, "amount": 5, "idempotency_key": "retried"},
+                queue=admin,
+            )
+            result.get(timeout=60, propagate=False)
+            log = proc.log_path.read_text()
+
+    assert result.state == "FAILURE" and "OperationalError" in repr(result.result)
+    assert log.count(f"billing.grant_credits[{result.id}] retry: Retry in") == 2
+
+
+def test_a_privileged_task_run_in_process_is_not_refused(engine, accounts):
+    """No message, no queue: Task.apply and a direct call run here, as the tests and tools
+    that call a task in-process expect."""
+    user = accounts.credits_only()
+    applied = grant_credits.apply(
+        kwargs={"user_id": user, "amount": 5, "idempotency_key": "in-process-apply"}
+    ).get()
+    called = grant_credits(user_id=user, amount=7, idempotency_key="in-process-call")
+
+    assert applied["ok"] and called["ok"]
+    assert accounts.get(user).balance_credits == 100 + 5 + 7
