@@ -63,12 +63,17 @@ class _Args(BaseModel):
         except ValidationError as exc:
             error = exc.errors(include_url=False)[0]
             field = ".".join(str(p) for p in error["loc"]) or "request"
-            raise InvalidRequest(field, _message(error)) from None
+            raise InvalidRequest(field, error_message(error)) from None
 
 
-def _message(error: dict[str, Any]) -> str:
+def error_message(error: Any) -> str:
+    """The message of one pydantic error: our validators' own words, without the
+    ``Value error, `` pydantic puts before the text of a ValueError it caught."""
     if error["type"] == "missing":
         return "is required"
+    cause = (error.get("ctx") or {}).get("error")
+    if error["type"] in ("value_error", "assertion_error") and cause is not None:
+        return str(cause)
     return str(error["msg"])
 
 

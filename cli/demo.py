@@ -177,7 +177,10 @@ def _holds(app, user: int, run_id: int) -> list[tuple[str, dict]]:
     ]
     time.sleep(DEMO_HOLD_TTL + 0.5)  # job 3's pipeline died: nobody captures or releases it
     steps.append(("pipeline died; later", send(names.GET_STATE, user_id=user)))
-    steps.append(("a late capture of job 3", send(names.CAPTURE, idempotency_key=f"{key}-3")))
+    late = send(names.CAPTURE, idempotency_key=f"{key}-3")
+    # A refused capture answers no state (it moved nothing): the balance shown is read after.
+    late.setdefault("state", send(names.GET_STATE, user_id=user).get("state"))
+    steps.append(("a late capture of job 3", late))
     return steps
 
 
@@ -227,7 +230,7 @@ def _report_holds(steps: list[tuple[str, dict]]) -> None:
             what = f"held now {answer['state']['held']['credits']} credits"
         else:
             what = f"{answer['code']} {answer['error']} ({answer.get('status', '')})"
-        credits = answer.get("state", {}).get("credits", {}).get("balance", "")
+        credits = (answer.get("state") or {}).get("credits", {}).get("balance", "")
         print(f"  {step:<34} {what:<40} balance {credits}")
 
 

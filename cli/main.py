@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 
 from billing.db import mask_url
-from billing.validation import InvalidRequest
+from billing.validation import InvalidRequest, error_message
 from billing_client import rabbitmq
 from cli.processes import BrokerUnreachable
 
@@ -71,8 +71,9 @@ def _cmd_flower(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    # cli.flower runs Flower with meta masked in every event and inspect answer it takes in.
     cmd = [
-        sys.executable, "-m", "celery", "-A", "worker", "flower",
+        sys.executable, "-m", "cli.flower", "-A", "worker", "flower",
         f"--address={args.address}", f"--port={args.port}",
         # Read-only: nobody can enqueue, revoke or control anything through Flower.
         "--read_only=True",
@@ -143,15 +144,12 @@ def _in_transaction(fn: Callable[[Any, Any], dict[str, Any]]) -> dict[str, Any]:
 
 
 def _cmd_state(args: argparse.Namespace) -> int:
-    from billing import accounts, holds
+    from billing import accounts
     from billing.validation import UserArgs
 
     parsed = UserArgs.parse((), {"user_id": args.user_id})
-    result = _on_store(lambda store, s: accounts.get_state(store, parsed, s))
-    if result["ok"]:  # read after the state, which expired any due hold first
-        result["open_holds"] = _in_transaction(
-            lambda session, _s: holds.list_open(session, args.user_id)
-        )
+    # The open holds come from the state's own read: the list and `held` always agree.
+    result = _on_store(lambda store, s: accounts.get_state(store, parsed, s, with_holds=True))
     return _print(result, args.json, _format_state)
 
 
@@ -208,11 +206,15 @@ def _format_events(result: dict[str, Any]) -> str:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     from billing import status
+    from cli import processes
+    from worker import inspect
+    from worker.app import app
+
+    # One line and exit 2 when the broker does not answer, as for the database, not the
+    # transport's traceback from the first inspect.
+    processes.check_broker(app)
 
     def read(engine: Any, settings: Any) -> dict[str, Any]:
-        from worker import inspect
-        from worker.app import app
-
         state = status.database_state(engine)
         queues = inspect.queue_lengths(app)
         now = state.pop("now")
@@ -338,7 +340,18 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     from billing.validation import AuditArgs
 
     parsed = AuditArgs.parse((), {"user_id": args.user_id})
-    result = _in_transaction(lambda session, _s: audit.audit(session, parsed))
+
+    def run(engine: Any, _settings: Any) -> dict[str, Any]:
+        from billing import jobs
+        from billing.db import session_factory, transaction
+
+        with transaction(session_factory(engine)) as session:
+            outcome = audit.audit(session, parsed)
+        if parsed.user_id is None:  # a full audit, recorded as the task records its own
+            jobs.record(engine, jobs.AUDIT, outcome)
+        return outcome
+
+    result = _with_engine(run)
     code = _print(result, args.json, _format_audit)
     return code if code else (0 if result["clean"] else 1)
 
@@ -350,8 +363,48 @@ def _format_audit(result: dict[str, Any]) -> str:
     ]
     for m in result["mismatches"]:
         lines.append(
-            f"  user {m['user_id']}: {m['field']} is {m['stored']}, the ledger says {m['ledger']}"
+            f"  user {m['user_id']}: {_mismatched(m)} is {m['stored']}, the ledger says"
+            f" {m['ledger']}"
         )
+    return "\n".join(lines)
+
+
+def _mismatched(m: dict[str, Any]) -> str:
+    if "ledger_id" in m:
+        return f"{m['field']} of ledger row {m['ledger_id']}"
+    if "hold_key" in m:
+        return f"hold {m['hold_key']}"
+    return str(m["field"])
+
+
+def _cmd_repair_ledger_chain(args: argparse.Namespace) -> int:
+    from billing import repair
+    from billing.validation import AuditArgs
+
+    parsed = AuditArgs.parse((), {"user_id": args.user_id})
+    result = _with_engine(
+        lambda engine, _s: repair.repair_ledger_chain(engine, parsed.user_id, apply=args.apply)
+    )
+    code = _print(result, args.json, _format_repair)
+    left = result.get("skipped") or (not args.apply and result.get("change_count"))
+    return code if code else (1 if left else 0)
+
+
+def _format_repair(result: dict[str, Any]) -> str:
+    verb = "rewrote" if result["applied"] else "would rewrite"
+    lines = [
+        f"{verb} {result['change_count']} figure(s) of ledger rows"
+        f" in {result['accounts']} account(s)"
+    ]
+    for c in result["changes"]:
+        lines.append(
+            f"  user {c['user_id']}: {c['field']} of ledger row {c['ledger_id']}:"
+            f" {c['stored']} -> {c['ledger']}"
+        )
+    for s in result["skipped"]:
+        lines.append(f"  user {s['user_id']} left alone: {s['reason']}")
+    if not result["applied"] and result["change_count"]:
+        lines.append("a dry run: nothing was written; --apply rewrites them")
     return "\n".join(lines)
 
 
@@ -395,12 +448,12 @@ def _format_state(result: dict[str, Any]) -> str:
 
 
 def format_ledger_rows(entries: Sequence[dict[str, Any]]) -> list[str]:
-    header = f"{'id':>8}  {'created_at':<25} {'type':<12} {'source':<12} {'operation':<10} "
+    header = f"{'id':>8}  {'created_at':<32} {'type':<12} {'source':<12} {'operation':<10} "
     header += f"{'amount':>8} {'balance':>8}  key"
     lines = [header]
     for e in entries:
         lines.append(
-            f"{e['id']:>8}  {e['created_at'][:25]:<25} {e['entry_type']:<12} {e['source']:<12} "
+            f"{e['id']:>8}  {e['created_at']:<32} {e['entry_type']:<12} {e['source']:<12} "
             f"{e['operation'] or '-':<10} {e['amount']:>8} {e['balance_credits_after']:>8}  "
             f"{e['idempotency_key']}"
         )
@@ -516,6 +569,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("user_id", type=int, nargs="?", default=None, help="one account (default: all)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_cmd_audit)
+
+    p = sub.add_parser(
+        "repair-ledger-chain",
+        help="rewrite the *_after figures of ledger rows the audit names (dry run unless --apply)",
+    )
+    p.add_argument("user_id", type=int, nargs="?", default=None, help="one account (default: all)")
+    p.add_argument("--apply", action="store_true", help="write the changes (default: list them)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_cmd_repair_ledger_chain)
     return parser
 
 
@@ -532,7 +594,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:  # a BILLING_* setting that does not parse
         error = exc.errors(include_url=False)[0]
         name = "BILLING_" + "_".join(str(p) for p in error["loc"]).upper()
-        print(f"billing: invalid setting {name}: {error['msg']}", file=sys.stderr)
+        print(f"billing: invalid setting {name}: {error_message(error)}", file=sys.stderr)
         return 2
     except OperationalError as exc:
         from billing.settings import get_settings

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import datetime
 
 import pytest
 from sqlalchemy import create_engine, inspect, text
@@ -27,6 +28,7 @@ SUBCOMMANDS = [
     "status",
     "dead-letters",
     "audit",
+    "repair-ledger-chain",
 ]
 
 
@@ -82,6 +84,10 @@ def test_grant_then_state_and_ledger(engine, accounts):
     assert "cli-pay-1" in ledger.stdout and "grant" in ledger.stdout
     page = json.loads(ledger_json.stdout)
     assert [e["idempotency_key"] for e in page["entries"]] == ["cli-pay-1"]
+    # The full ISO 8601 time with its offset (it was cut to 25 characters, offset and all).
+    created = page["entries"][0]["created_at"]
+    assert datetime.fromisoformat(created).utcoffset() is not None
+    assert f"  {created} " in ledger.stdout
     assert accounts.get(user).balance_credits == 75
 
 
@@ -106,8 +112,14 @@ def test_unreachable_database_and_broker_are_one_line_with_the_password_masked()
             "BILLING_RESULT_BACKEND": "redis://:pa55word@127.0.0.1:1/0",
         },
     )
+    # The README's promise for `billing status` too, on either broker (it printed the
+    # transport's traceback, 92 lines, and exited 1).
+    status = [
+        billing("status", env={"BILLING_BROKER_URL": url})
+        for url in ("redis://:pa55word@127.0.0.1:1/0", "amqp://ops:pa55word@127.0.0.1:1//")
+    ]
 
-    for result, what in ((db, "database"), (broker, "broker")):
+    for result, what in ((db, "database"), (broker, "broker"), *((s, "broker") for s in status)):
         assert result.returncode == 2
         errors = result.stderr.strip().splitlines()
         assert len(errors) == 1 and errors[0].startswith(f"billing: cannot reach the {what} at ")
@@ -205,3 +217,20 @@ def test_dead_letters_needs_rabbitmq():
     shown = billing("dead-letters")
     assert shown.returncode == 1
     assert "error 400 not_rabbitmq" in shown.stderr
+
+
+def test_a_full_audit_from_the_command_line_is_recorded_for_status(engine, accounts):
+    user = accounts.create()  # nothing written around the ledger: the audit finds it clean
+    before = billing("status")
+    one_account = billing("audit", str(user))
+    after_one = billing("status")
+    full = billing("audit")
+    status = json.loads(billing("status", "--json").stdout)
+    shown = billing("status")
+
+    assert before.returncode == 0, before.stderr
+    assert "audit:    never run" in before.stdout
+    assert one_account.returncode == 0 and "audit:    never run" in after_one.stdout
+    assert full.returncode == 0, full.stderr
+    assert status["audit_mismatches"] == 0 and "audit" in status["jobs"]
+    assert "audit:    clean (last full audit " in shown.stdout

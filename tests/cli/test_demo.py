@@ -54,6 +54,10 @@ def test_demo_on_the_embedded_default(demo):
     assert re.search(r"generation failed: release\s+credits 10, hold released", holds)
     assert re.search(r"pipeline died; later\s+held now 0 credits", holds)
     assert re.search(r"a late capture of job 3\s+409 hold_closed \(expired\)", holds)
+    # Every step shows the balance after it (the late capture's was blank): the expired hold
+    # gave its 10 back, and the refused capture took nothing.
+    balances = re.findall(r"^  (\S.*?)\s{2,}.*balance (\d+)$", holds, re.M)
+    assert [int(b) for _step, b in balances] == [90, 90, 80, 90, 80, 90, 90], holds
     events = out.split("balance events for the product:")[1]
     assert "hold.expired             pipeline with holds    demo-" in events
     assert "subscription.expired     expired subscription" in events

@@ -116,12 +116,34 @@ def test_malformed_message_is_422_and_writes_nothing(
 
     assert (result["ok"], result["code"], result["error"]) == (False, 422, "invalid_request")
     assert result["field"] == field and result["message"].startswith(f"{field}: ")
+    assert "Value error" not in result["message"]
     assert count_rows(engine, "billing_requests") == 0
     assert count_rows(engine, "credits_ledger") == 0
     assert count_rows(engine, "billing_holds") == 0
     assert accounts.get(user).balance_credits == 100
     # The worker keeps serving the next good message.
     assert worker.charge_assistant(user, "after-bad")["code"] == 200
+
+
+def test_messages_say_what_is_wrong_without_pydantics_prefix(worker, accounts):
+    user = accounts.credits_only()
+
+    blank = worker.charge_generation(user, "   ")
+    reserved = worker.reserve_generation(user, "billing:mine")
+    meta = worker.grant(user, 5, "g-1", meta={"ref": "x" * 5000})
+    batch = worker.call(
+        "billing.charge_batch",
+        charges=[{"user_id": user, "idempotency_key": " ", "operation": "generation"}],
+    )
+
+    assert blank["message"] == "idempotency_key: idempotency_key must not be blank"
+    assert reserved["message"] == ("idempotency_key: keys starting with 'billing:' are reserved")
+    assert meta["code"] == 422 and meta["message"] == (
+        "meta: meta is 5011 bytes as JSON; the limit is 4096"
+    )
+    item = batch["results"][0]
+    assert item["code"] == 422
+    assert item["message"] == "idempotency_key: idempotency_key must not be blank"
 
 
 def test_corpus_is_at_least_forty_messages():
