@@ -23,7 +23,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from psycopg.errors import LockNotAvailable
+from psycopg.errors import LockNotAvailable, QueryCanceled
 from pydantic import BaseModel
 
 from billing import charges, frame, holds, results
@@ -128,13 +128,15 @@ def run(
         attempted = True
         try:
             answer = frame.replaying_races(partial(frame.run, store, movement_of(item), settings))
-        except LockNotAvailable:
-            # The frame rolled its transaction back: nothing of this item was written.
+        except (LockNotAvailable, QueryCanceled):
+            # The frame rolled its transaction back: nothing of this item was written. A
+            # statement timeout shorter than the lock timeout ends the lock wait first
+            # (``lock_wait``); let through, it would retry the whole batch, and wait again.
             blocked.add(item.user_id)
             answer = results.not_done(
                 results.LOCK_TIMEOUT,
                 "the account's row lock was not granted within the lock timeout"
-                " (BILLING_DB_LOCK_TIMEOUT_MS)",
+                " (BILLING_DB_LOCK_TIMEOUT_MS, or BILLING_DB_STATEMENT_TIMEOUT_MS if shorter)",
                 key,
             )
         answers.append(results.shaped(answer, include_state))

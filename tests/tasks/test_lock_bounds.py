@@ -155,3 +155,35 @@ def test_a_batch_on_locked_accounts_answers_within_its_time_limit_and_says_what_
     keys = [row.idempotency_key for row in ledger_rows(engine) if row.user_id in users]
     assert sorted(keys) == sorted(item["idempotency_key"] for item in items)
     assert accounts.get(locked[0]).balance_credits == 80
+
+
+def test_a_batch_item_whose_lock_wait_the_statement_timeout_ends_answers_503(
+    engine, accounts, settings_env
+):
+    """A statement timeout shorter than the lock timeout ends the lock wait first, as
+    QueryCanceled: that item answers 503 ``lock_timeout`` as well. Let through, it retried the
+    whole batch, which waited on the lock again, until the lock was free."""
+    settings_env(db_lock_timeout_ms="5000", db_statement_timeout_ms=str(LOCK_TIMEOUT_MS))
+    free, locked = accounts.credits_only(), accounts.credits_only()
+    items = [
+        {"user_id": free, "idempotency_key": "bs-free-1", "operation": "generation"},
+        {"user_id": locked, "idempotency_key": "bs-locked", "operation": "generation"},
+        {"user_id": free, "idempotency_key": "bs-free-2", "operation": "generation"},
+    ]
+    dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+    with celery_worker_process("billing-batch-statement", concurrency=1):
+        client = BillingClient(app, queue="billing-batch-statement", timeout=RESULT_TIMEOUT)
+        with psycopg.connect(dsn) as holder:
+            holder.execute("SELECT 1 FROM users WHERE id = %s FOR UPDATE", (locked,))
+            answers = client.charge_batch(items)
+            holder.rollback()
+
+    assert [(answer.code, answer.error) for answer in answers] == [
+        (200, None),
+        (503, "lock_timeout"),
+        (200, None),
+    ]
+    assert answers[1].retry
+    assert accounts.get(locked).balance_credits == 100
+    assert [row.idempotency_key for row in ledger_rows(engine, locked)] == []
