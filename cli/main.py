@@ -222,7 +222,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
             "ok": True,
             "code": 200,
             "workers": inspect.workers_up(app),
-            # RabbitMQ only (None elsewhere): messages that outlived their delivery limit.
+            # RabbitMQ: messages that outlived their delivery limit; Redis: items that were
+            # not task messages (worker.malformed); None on the embedded SQL broker.
             "dead_letters": queues.get(rabbitmq.DEAD_LETTER_QUEUE),
             "queues": {
                 queue: {
@@ -308,12 +309,22 @@ def _cmd_dead_letters(args: argparse.Namespace) -> int:
     from worker import dead_letters
     from worker.app import app
 
-    if not rabbitmq.is_amqp(app.conf.broker_url):
+    on_redis = app.conf.broker_url.startswith(("redis://", "rediss://"))
+    if on_redis and not args.requeue:
+        result = {"ok": True, "code": 200, "dead_letters": dead_letters.peek_redis(app, args.limit)}
+    elif on_redis:
+        result = {
+            "ok": False,
+            "code": 400,
+            "error": "not_requeueable",
+            "message": "Redis dead letters are items that were not task messages: none can run",
+        }
+    elif not rabbitmq.is_amqp(app.conf.broker_url):
         result = {
             "ok": False,
             "code": 400,
             "error": "not_rabbitmq",
-            "message": "only RabbitMQ has a dead-letter queue; BILLING_BROKER_URL is not amqp://",
+            "message": "only RabbitMQ and Redis have a dead-letter queue",
         }
     elif args.requeue:
         moved = dead_letters.requeue(app)
@@ -554,7 +565,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_events)
 
     p = sub.add_parser(
-        "dead-letters", help="RabbitMQ: list the dead-letter queue, or move it back (--requeue)"
+        "dead-letters",
+        help="list the dead-letter queue (RabbitMQ, Redis), or move it back (--requeue, RabbitMQ)",
     )
     p.add_argument("--limit", type=int, default=20, help="list at most this many")
     p.add_argument(

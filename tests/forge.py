@@ -49,6 +49,12 @@ def push_redis(
 ) -> None:
     """LPUSH the message onto ``queue``'s list as kombu writes it, with the ``delivery_info``
     the producer chose (default: the honest one, the anonymous exchange and the queue)."""
+    payload = redis_item(queue, forged, delivery_info)
+    redis.Redis.from_url(url).lpush(list_key or queue, json.dumps(payload))
+
+
+def redis_item(queue: str, forged: Forged, delivery_info: Any = None) -> dict[str, Any]:
+    """The message as kombu writes it on ``queue``'s Redis list (see ``push_redis``)."""
     if delivery_info is None:
         delivery_info = {"exchange": "", "routing_key": queue}
     properties = {
@@ -60,14 +66,13 @@ def push_redis(
     }
     if delivery_info is not DROP:
         properties["delivery_info"] = delivery_info
-    payload = {
+    return {
         "body": base64.b64encode(forged.encoded_body()).decode(),
         "content-encoding": "utf-8",
         "content-type": "application/json",
         "headers": forged.headers,
         "properties": properties,
     }
-    redis.Redis.from_url(url).lpush(list_key or queue, json.dumps(payload))
 
 
 def publish_amqp(

@@ -14,9 +14,11 @@ if app.conf.broker_url.startswith("sqla+"):
     Transport.polling_interval = 0.05
 
 import worker.broker  # noqa: E402
+import worker.malformed  # noqa: E402
 import worker.metrics  # noqa: E402  (serves /metrics when BILLING_METRICS_PORT is set)
 import worker.routes  # noqa: E402
 import worker.signals  # noqa: E402  (connects the per-process engine handlers)
 
 worker.broker.install(app)
 worker.routes.install(app)
+worker.malformed.install(app)

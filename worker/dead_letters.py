@@ -1,14 +1,18 @@
-"""RabbitMQ's dead-letter queue, for an operator: what is in it, and moving it back.
+"""The dead-letter queue, for an operator: what is in it, and (RabbitMQ) moving it back.
 
 A message lands in ``billing.dead`` when it was redelivered more than the delivery limit,
 each time because the worker process running it died (billing_client.rabbitmq). Reading
 takes messages without acknowledging them and closes the channel, which puts them all back;
 moving one back publishes it again, confirmed, to the queue it died on (its ``x-death``
 record says which), and only then acknowledges the dead copy.
+
+On Redis ``billing.dead`` is a list of the items a worker popped that were not task
+messages at all (worker.malformed): listed, never moved back, since none can run.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from billing_client import rabbitmq
@@ -89,3 +93,39 @@ def requeue(app: Any) -> list[dict[str, Any]]:
         finally:
             channel.close()
     return moved
+
+
+def peek_redis(app: Any, limit: int = 20) -> list[dict[str, Any]]:
+    """Redis: the ``limit`` oldest items set aside, oldest first, left where they are."""
+    import redis
+
+    client = redis.Redis.from_url(app.conf.broker_url, socket_timeout=5)
+    try:
+        # Set aside with LPUSH: the oldest are on the right.
+        letters = client.lrange(rabbitmq.DEAD_LETTER_QUEUE, -limit, -1) if limit > 0 else []
+    finally:
+        client.close()
+    return [_describe_set_aside(letter) for letter in reversed(letters)]
+
+
+def _loaded(text: Any) -> Any:
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        return None
+
+
+def _describe_set_aside(raw: bytes) -> dict[str, Any]:
+    letter = _loaded(raw)
+    letter = letter if isinstance(letter, dict) else {"reason": "not written by a worker"}
+    item = _loaded(letter.get("item"))
+    headers = item.get("headers") if isinstance(item, dict) else None
+    headers = headers if isinstance(headers, dict) else {}
+    return {
+        "task": headers.get("task"),
+        "task_id": headers.get("id"),
+        "kwargs": "<not run: malformed>",
+        "queue": letter.get("queue"),
+        "reason": letter.get("reason"),
+        "died_at": letter.get("died_at"),
+    }

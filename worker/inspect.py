@@ -12,10 +12,11 @@ from worker.metrics import SENT_AT_HEADER
 
 
 def billing_queues() -> list[str]:
-    """The queues an operator watches; on RabbitMQ, the dead-letter queue too."""
+    """The queues an operator watches; on RabbitMQ and Redis, the dead-letter queue too."""
     settings = get_settings()
     queues = [settings.queue, settings.admin_queue, settings.events_queue]
-    if rabbitmq.is_amqp(settings.effective_broker_url()):
+    url = settings.effective_broker_url()
+    if rabbitmq.is_amqp(url) or url.startswith(("redis://", "rediss://")):
         queues.append(rabbitmq.DEAD_LETTER_QUEUE)
     return queues
 
@@ -52,9 +53,12 @@ def oldest_waiting_seconds(app: Any, queue: str) -> float | None:
         raw = client.lindex(queue, -1)  # kombu pushes on the left and pops on the right
     finally:
         client.close()
-    if raw is None:
+    try:
+        item = json.loads(raw) if raw is not None else None
+    except (ValueError, RecursionError):  # anyone allowed on the list can push anything
         return None
-    sent_at = json.loads(raw).get("headers", {}).get(SENT_AT_HEADER)
+    headers = item.get("headers") if isinstance(item, dict) else None
+    sent_at = headers.get(SENT_AT_HEADER) if isinstance(headers, dict) else None
     if not isinstance(sent_at, int | float):
         return None
     return max(time.time() - sent_at, 0.0)

@@ -86,5 +86,22 @@ def _by_consumer_tag(c: Any, create_task_handler: Callable[..., Any]) -> Callabl
     return create
 
 
+# Celery's canvas tasks, registered on every app, run or send the signatures their arguments
+# carry: taken from the public queue, ``celery.chord`` or ``celery.chord_unlock`` would have
+# this worker send a privileged task to the admin queue, and ``celery.map`` would call one
+# directly (``called_directly``, no queue to judge). No billing producer sends them; the
+# results backend's own cleanup is kept (beat sends it for the embedded default).
+KEPT_BUILTINS = frozenset({"celery.backend_cleanup"})
+
+
+def drop_builtins(sender: Any, **_: Any) -> None:
+    """Unregister Celery's built-in tasks but ``KEPT_BUILTINS`` from the app ``sender``: a
+    message naming one is then refused as an unknown task, on every queue."""
+    tasks = sender.tasks
+    for name in [n for n in tasks if n.startswith("celery.") and n not in KEPT_BUILTINS]:
+        tasks.unregister(name)
+
+
 def install(app: Any) -> None:
     app.steps["consumer"].add(ConsumedQueue)
+    app.on_after_finalize.connect(drop_builtins, weak=False)

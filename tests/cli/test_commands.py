@@ -196,7 +196,7 @@ def test_status_shows_workers_queues_holds_events_jobs_and_audit(worker, account
 
     assert shown.returncode == 0, shown.stderr
     assert status["workers"], "the test worker answers a ping"
-    assert set(status["queues"]) == {"billing", "billing-admin", "billing-events"}
+    assert set(status["queues"]) == {"billing", "billing-admin", "billing-events", "billing.dead"}
     assert status["holds_open"] == 1 and status["events_pending"] == 2
     assert status["events_oldest_pending_age_seconds"] >= 0
     assert {"expire_holds", "audit"} <= set(status["jobs"])
@@ -213,10 +213,14 @@ def test_a_worker_consumes_both_queues_unless_told_one():
     assert command[command.index("-Q") + 1] == "billing,billing-admin"
 
 
-def test_dead_letters_needs_rabbitmq():
-    shown = billing("dead-letters")
-    assert shown.returncode == 1
-    assert "error 400 not_rabbitmq" in shown.stderr
+def test_dead_letters_needs_rabbitmq_or_redis_and_none_moves_back_on_redis(tmp_path):
+    embedded = billing("dead-letters", env={"BILLING_BROKER_URL": f"sqla+sqlite:///{tmp_path}/b"})
+    requeued_on_redis = billing("dead-letters", "--requeue")
+    assert embedded.returncode == 1
+    assert "error 400 not_rabbitmq" in embedded.stderr
+    # Redis sets aside only items that were not task messages (worker.malformed).
+    assert requeued_on_redis.returncode == 1
+    assert "error 400 not_requeueable" in requeued_on_redis.stderr
 
 
 def test_a_full_audit_from_the_command_line_is_recorded_for_status(engine, accounts):

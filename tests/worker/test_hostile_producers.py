@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -138,6 +141,7 @@ CASES: dict[str, Forgery] = {
 class Hostile:
     broker: brokers.Broker
     app: Celery  # an honest producer's, both queues declared as the workers declare them
+    worker: Any  # the worker's process, with its log_path
 
     def send(self, name: str, kwargs: dict[str, Any], forgery: Forgery) -> forge.Forged:
         forged = forge.task_message(self.app, forgery.name(name), kwargs)
@@ -201,8 +205,8 @@ def hostile(request: pytest.FixtureRequest, database: str) -> Iterator[Hostile]:
             **{name: {"queue": ADMIN} for name in PRIVILEGED},
             "billing.*": {"queue": PUBLIC},
         }
-        with celery_worker_process(f"{PUBLIC},{ADMIN}", 2, env=env, control_app=app):
-            yield Hostile(broker, app)
+        with celery_worker_process(f"{PUBLIC},{ADMIN}", 2, env=env, control_app=app) as proc:
+            yield Hostile(broker, app, proc)
 
 
 def _check_outcome(answer: Any, forgery: Forgery, ran: Callable[[dict[str, Any]], bool]) -> None:
@@ -316,3 +320,177 @@ def test_a_forged_message_restored_by_redis_goes_back_to_the_public_queue(accoun
     assert restored[0]["properties"]["delivery_info"]["routing_key"] == RESTORE_PUBLIC
     assert accounts.get(user).balance_credits == 100
     client.delete(*_redis_lists(RESTORE_PUBLIC))
+
+
+def _to_admin(user: int, task_id: str) -> dict[str, Any]:
+    """A grant's signature routed to the admin queue: sent by the worker, it would run there."""
+    grant = {"user_id": user, "amount": GRANT, "idempotency_key": f"builtin-{task_id}"}
+    return {
+        **_linked("billing.grant_credits", grant, task_id),
+        "options": {"task_id": task_id, "queue": ADMIN},
+    }
+
+
+# Celery's canvas tasks, each with arguments that send or call a grant.
+BUILTINS: dict[str, Callable[[int, list[str]], dict[str, Any]]] = {
+    "celery.chord": lambda user, ids: {
+        "header": [_to_admin(user, ids[0])],
+        "body": _to_admin(user, ids[1]),
+    },
+    "celery.group": lambda user, ids: {"tasks": [_to_admin(user, ids[0])], "result": [[ids[0]]]},
+    "celery.chord_unlock": lambda user, ids: {
+        "group_id": ids[0],
+        "callback": _to_admin(user, ids[1]),
+        "result": [],
+    },
+    "celery.map": lambda user, ids: {"task": _to_admin(user, ids[0]), "it": [[]]},
+    "celery.starmap": lambda user, ids: {"task": _to_admin(user, ids[0]), "it": [[]]},
+    "celery.chunks": lambda user, ids: {"task": _to_admin(user, ids[0]), "it": [[]], "n": 1},
+}
+
+
+@pytest.mark.parametrize("name", sorted(BUILTINS))
+def test_celerys_canvas_tasks_on_the_public_queue_send_and_call_nothing(
+    hostile: Hostile, accounts: Accounts, engine: Engine, name: str
+):
+    """Run, ``celery.chord`` sent its grants to the admin queue, where they ran privileged."""
+    user = accounts.credits_only()
+    linked = [str(uuid.uuid4()) for _ in range(2)]
+    forgery = Forgery(outcome="unregistered")
+
+    forged = hostile.send(name, BUILTINS[name](user, linked), forgery)
+
+    _check_outcome(hostile.outcome(forged, forgery.outcome), forgery, lambda r: False)
+    _assert_never_sent(hostile, linked)
+    assert accounts.get(user).balance_credits == 100
+    assert ledger_rows(engine, user) == []
+
+
+def _garbage(app: Celery, grant: dict[str, Any]) -> dict[str, bytes]:
+    """Items no kombu producer writes; the message-like ones are a grant's message, broken."""
+
+    def broken(change: Callable[[dict[str, Any]], Any]) -> bytes:
+        forged = forge.task_message(app, "billing.grant_credits", grant)
+        return json.dumps(change(forge.redis_item(PUBLIC, forged))).encode()
+
+    def without(*path: str) -> Callable[[dict[str, Any]], Any]:
+        def change(item: dict[str, Any]) -> Any:
+            *parents, key = path
+            target = item
+            for parent in parents:
+                target = target[parent]
+            del target[key]
+            return item
+
+        return change
+
+    def with_(key: str, value: Any) -> Callable[[dict[str, Any]], Any]:
+        return lambda item: {**item, key: value}
+
+    return {
+        "not-json": b"garbage{",
+        "not-utf-8": b"\xff\xfe{",
+        "nested-too-deep": b"[" * 100_000,
+        "json-list": json.dumps([{"properties": {}}]).encode(),
+        "json-string": b'"billing.grant_credits"',
+        "json-null": b"null",
+        "no-properties": broken(without("properties")),
+        "properties-not-a-dict": broken(with_("properties", [1])),
+        "no-body": broken(without("body")),
+        "body-not-base64": broken(with_("body", "!")),
+        "body-empty": broken(with_("body", "")),
+        "no-content-type": broken(without("content-type")),
+        "no-delivery_tag": broken(without("properties", "delivery_tag")),
+        "delivery_tag-not-text": broken(
+            lambda item: {**item, "properties": {**item["properties"], "delivery_tag": [1]}}
+        ),
+    }
+
+
+@pytest.mark.parametrize("hostile", ["redis"], indirect=True)
+def test_malformed_items_on_redis_are_set_aside_and_the_worker_serves_on(
+    hostile: Hostile, accounts: Accounts, engine: Engine
+):
+    """Anything pushed onto a billing list that is not a kombu message goes to the
+    dead-letter list as it was pushed, with the queue it came from; the worker neither
+    stops nor reconnects, and answers the honest charge sent after each item."""
+    client = redis.Redis.from_url(hostile.broker.url)
+    client.delete(rabbitmq.DEAD_LETTER_QUEUE)
+    user = accounts.credits_only(balance_credits=1_000)
+    cost = get_settings().generation_cost
+    grant = {"user_id": user, "amount": GRANT, "idempotency_key": "hostile-garbage"}
+    garbage = sorted(_garbage(hostile.app, grant).items())
+    log_before = hostile.worker.log_path.read_text()
+
+    answers, pushed = [], []
+    for i, (name, item) in enumerate(garbage):
+        queue = ADMIN if i % 3 == 0 else PUBLIC
+        client.lpush(queue, item)
+        pushed.append((queue, item))
+        key = f"garbage-{name}"
+        answers.append(hostile.call("billing.charge_generation", user_id=user, idempotency_key=key))
+
+    assert all(answer["ok"] and answer["amount"] == cost for answer in answers), answers
+    assert [row.entry_type for row in ledger_rows(engine, user)] == ["charge"] * len(garbage)
+    assert count_rows(engine, "billing_requests") == len(garbage)
+    assert accounts.get(user).balance_credits == 1_000 - cost * len(garbage)
+    dead = [json.loads(item) for item in client.lrange(rabbitmq.DEAD_LETTER_QUEUE, 0, -1)]
+    assert sorted((d["queue"], d["item"]) for d in dead) == sorted(
+        (queue, item.decode("utf-8", "backslashreplace")) for queue, item in pushed
+    )
+    assert hostile.worker.poll() is None
+    log = hostile.worker.log_path.read_text()[len(log_before) :]
+    assert log.count("set aside a malformed item") == len(garbage), log
+    assert "Connection to broker lost" not in log and "Unrecoverable" not in log, log
+    # What an operator sees.
+    env = {"BILLING_BROKER_URL": hostile.broker.url, "BILLING_QUEUE": PUBLIC}
+    status = json.loads(_billing("status", "--json", env={**env, "BILLING_ADMIN_QUEUE": ADMIN}))
+    listed = json.loads(_billing("dead-letters", "--limit", "100", "--json", env=env))
+    assert status["dead_letters"] == len(garbage)
+    assert [(letter["queue"], letter["reason"]) for letter in listed["dead_letters"]] == [
+        (letter["queue"], letter["reason"]) for letter in reversed(dead)
+    ]
+    client.delete(rabbitmq.DEAD_LETTER_QUEUE)
+
+
+def _billing(*args: str, env: dict[str, str]) -> str:
+    command = [sys.executable, "-m", "cli.main", *args]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **env})
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.mark.parametrize("hostile", ["redis"], indirect=True)
+def test_a_malformed_item_is_set_aside_after_the_worker_reconnected(
+    hostile: Hostile, accounts: Accounts
+):
+    """The guard is put on every new connection's channel, not only on the first one's."""
+    client = redis.Redis.from_url(hostile.broker.url)
+    client.delete(rabbitmq.DEAD_LETTER_QUEUE)
+    user = accounts.credits_only()
+    log_before = len(hostile.worker.log_path.read_text())
+    db = str(client.connection_pool.connection_kwargs.get("db", 0))
+
+    def waiting() -> list[str]:
+        """The worker's blocked BRPOP: the only client of this test db blocked meanwhile
+        (this process's own connections last ran BRPOP too, but idle now)."""
+        return [
+            c["id"]
+            for c in client.client_list()
+            if c["db"] == db and c["cmd"] == "brpop" and "b" in c["flags"]
+        ]
+
+    wait_until(lambda: bool(waiting()), "the worker waits on its queues")
+    for connection in waiting():
+        client.client_kill_filter(_id=connection)
+    wait_until(
+        lambda: "Connection to broker lost" in hostile.worker.log_path.read_text()[log_before:],
+        "the worker noticed",
+    )
+    client.lpush(PUBLIC, b"garbage{")
+    answer = hostile.call("billing.charge_generation", user_id=user, idempotency_key="reconnected")
+
+    assert answer["ok"], answer
+    assert client.llen(rabbitmq.DEAD_LETTER_QUEUE) == 1
+    assert hostile.worker.poll() is None
+    client.delete(rabbitmq.DEAD_LETTER_QUEUE)
