@@ -16,6 +16,7 @@ With the anonymous exchange, Celery's retry sends a task back to the queue it ca
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -63,6 +64,9 @@ def _rewrite_deliveries(c: Any, transport: Any) -> None:
                 "routing_key": queue,
                 "redelivered": redelivered,
             }
+            # kombu files an unacknowledged message under its tag: a producer reusing another
+            # message's tag would overwrite that record, and a crash would then lose it.
+            properties["delivery_tag"] = str(uuid.uuid4())
         return deliver(payload, queue)
 
     transport._deliver = _deliver

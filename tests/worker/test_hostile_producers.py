@@ -322,6 +322,38 @@ def test_a_forged_message_restored_by_redis_goes_back_to_the_public_queue(accoun
     client.delete(*_redis_lists(RESTORE_PUBLIC))
 
 
+def test_two_messages_with_one_delivery_tag_are_both_restored(accounts, database):
+    """kombu files an unacknowledged Redis message under its delivery tag. A producer that
+    reuses another message's tag must not overwrite that record: after a warm shutdown both
+    charges it held are back on the queue, so neither is lost."""
+    client = redis.Redis.from_url(REDIS_URL)
+    client.delete(*_redis_lists(RESTORE_PUBLIC), *_redis_lists(RESTORE_ADMIN))
+    user = accounts.credits_only()
+    env = {"BILLING_QUEUE": RESTORE_PUBLIC, "BILLING_ADMIN_QUEUE": RESTORE_ADMIN}
+    app = Celery("tag-producer", broker=REDIS_URL, backend=REDIS_URL, set_as_current=False)
+    charges = []
+    for n in range(2):
+        charge = {"user_id": user, "idempotency_key": f"hostile-tag-{n}"}
+        forged = forge.task_message(app, "billing.charge_generation", charge)
+        forged.headers["eta"] = _in(3600)()  # held unacknowledged until the worker stops
+        charges.append(forged)
+    try:
+        with celery_worker_process(f"{RESTORE_PUBLIC},{RESTORE_ADMIN}", 1, env=env):
+            for forged in charges:
+                item = forge.redis_item(RESTORE_PUBLIC, forged)
+                item["properties"]["delivery_tag"] = "one-tag-for-both"
+                client.lpush(RESTORE_PUBLIC, json.dumps(item))
+            wait_until(lambda: client.llen(RESTORE_PUBLIC) == 0, "the worker holds both")
+            time.sleep(0.5)
+    finally:
+        app.close()
+
+    restored = [json.loads(item) for item in client.lrange(RESTORE_PUBLIC, 0, -1)]
+    assert sorted(m["headers"]["id"] for m in restored) == sorted(f.task_id for f in charges)
+    assert accounts.get(user).balance_credits == 100
+    client.delete(*_redis_lists(RESTORE_PUBLIC))
+
+
 def _to_admin(user: int, task_id: str) -> dict[str, Any]:
     """A grant's signature routed to the admin queue: sent by the worker, it would run there."""
     grant = {"user_id": user, "amount": GRANT, "idempotency_key": f"builtin-{task_id}"}
