@@ -6,11 +6,10 @@ import logging
 from functools import cached_property
 from typing import Any
 
-from celery.utils.saferepr import saferepr
 from celery.worker.request import Request
 
 from billing.settings import get_settings
-from billing_client.masking import has_sensitive, masked
+from billing_client.masking import has_sensitive, masked_repr
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +21,7 @@ LINKS = ("callbacks", "errbacks", "chain", "chord")
 def masked_kwargs(kwargs: Any) -> str:
     if not isinstance(kwargs, dict):
         return f"<{type(kwargs).__name__}>"
-    return saferepr(masked(kwargs), maxlen=1024)
+    return masked_repr(kwargs)
 
 
 class BillingRequest(Request):

@@ -62,9 +62,7 @@ class _Checked(kombu_redis.Channel.Message):  # type: ignore[misc]
             super().__init__(payload, *args, **kwargs)
         except Exception as exc:
             raise Malformed(f"not a kombu message ({type(exc).__name__}: {exc})") from None
-        # The channel files unacknowledged messages under the tag: kombu's are text.
-        if not isinstance(self.delivery_tag, str):
-            raise Malformed("not a kombu message (its delivery_tag is not text)")
+        # (Its delivery tag is the worker's own, written before it is built: worker.routes.)
         # Celery's task handler decodes a missing or empty body, or one of no content type,
         # outside its own guard.
         if not self.body:
