@@ -1,6 +1,6 @@
 """The one place the Celery app is configured. Values come from the BILLING_* settings."""
 
-from billing.settings import get_settings
+from billing.core.settings import get_settings
 from billing_client import rabbitmq
 from billing_client.names import PRIVILEGED
 

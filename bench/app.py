@@ -23,12 +23,13 @@ from typing import Any
 
 from psycopg import ClientCursor, Connection
 
-from billing import charges, results, rules
-from billing.rules import AccountRow
-from billing.settings import Settings
-from billing.store import Store
-from billing.store_pg import PgStore
-from billing.validation import ChargeArgs
+from billing.core import results, rules
+from billing.core.records import AccountRow
+from billing.core.settings import Settings
+from billing.core.validation import ChargeArgs
+from billing.movements import charges
+from billing.movements.store import Store
+from billing.storage.psycopg_store import PgStore
 from models import Operation
 from tasks.base import BillingTask
 from worker import app

@@ -29,7 +29,7 @@ Messages = Callable[[int], list[tuple[str, dict[str, Any]]]]
 @contextmanager
 def producer(url: str, result_backend: str) -> Iterator[Celery]:
     """A producer on ``url``, configured as the workers are (celeryconfig)."""
-    from billing.settings import get_settings
+    from billing.core.settings import get_settings
 
     app = Celery("bench-producer")
     app.config_from_object("celeryconfig")

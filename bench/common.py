@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from billing import migrate
+from migrations import migrate
 
 ADMIN_URL = os.environ.get(
     "BILLING_BENCH_ADMIN_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

@@ -40,7 +40,7 @@ STREAMS = {"every_third_crosses": 3, "one_in_thirty_crosses": 30}
 
 
 def measure(app, db_url: str, tasks: int, repeat: int, concurrency: int, log_dir) -> dict:
-    from billing.settings import get_settings
+    from billing.core.settings import get_settings
 
     cost = get_settings().generation_cost
     engine = create_engine(db_url)

@@ -17,9 +17,9 @@ import argparse
 from sqlalchemy import create_engine, text
 
 from bench.common import scratch_database, summary, timed, write_json
-from billing.db import create_db_engine, session_factory
-from billing.resets import BATCH_TARGET_MS, reset_due_limits
-from billing.settings import Settings
+from billing.core.settings import Settings
+from billing.jobs.resets import BATCH_TARGET_MS, reset_due_limits
+from billing.storage.engine import create_db_engine, session_factory
 
 LOAD = """
 INSERT INTO users (id, freemium_actions_used, freemium_reset_at,

@@ -235,9 +235,9 @@ def cpu_breakdown(app, streams: dict, tasks: int, repeat: int) -> dict[str, Any]
 
 
 def ledger_scenario(args: argparse.Namespace) -> dict[str, Any]:
-    from billing import ledger
-    from billing.db import create_db_engine, session_factory, transaction
-    from billing.validation import LedgerArgs
+    from billing.core.validation import LedgerArgs
+    from billing.reads import ledger
+    from billing.storage.engine import create_db_engine, session_factory, transaction
 
     url = scratch_database("billing_bench_ledger")
     engine = create_engine(url)
@@ -297,10 +297,10 @@ def db_work_scenario(args: argparse.Namespace, db_url: str) -> dict[str, Any]:
     """Statements, round trips and transactions per charge, counted on the real path."""
     import psycopg
 
-    from billing import charges, frame
-    from billing.settings import Settings
-    from billing.store_pg import PgStore
-    from billing.validation import ChargeArgs
+    from billing.core.settings import Settings
+    from billing.core.validation import ChargeArgs
+    from billing.movements import charges, frame
+    from billing.storage.psycopg_store import PgStore
     from models import Operation
 
     settings = Settings(database_url=db_url)

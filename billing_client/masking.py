@@ -107,3 +107,11 @@ def _literal(text: str) -> Any:
         return ast.literal_eval(text)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         return None
+
+
+def masked_kwargs(kwargs: Any) -> str:
+    """A message's kwargs as Flower, the logs and the dead letters show them: masked, or by
+    type only when a foreign producer sent something else than an object."""
+    if not isinstance(kwargs, dict):
+        return f"<{type(kwargs).__name__}>"
+    return masked_repr(kwargs)

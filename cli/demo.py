@@ -18,11 +18,11 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from billing import migrate
-from billing.db import create_db_engine, mask_url
-from billing.settings import get_settings
+from billing.core.settings import get_settings
+from billing.storage.engine import create_db_engine, mask_url
 from cli import processes
-from cli.main import event_subject, format_ledger_rows
+from cli.formatting import event_subject, format_ledger_rows, format_state
+from migrations import migrate
 from models import User, UserRole
 from tasks import names
 
@@ -212,10 +212,9 @@ def _report(outcomes: list[dict], state: dict, ledger: dict) -> None:
     print(f"\n{'task':<20} {'source / reason':<22} {'code':>4}  {'delivery':<9} {'count':>5}")
     for (task, what, code, replayed), count in sorted(table.items(), key=str):
         print(f"{task:<20} {what:<22} {code:>4}  {replayed:<9} {count:>5}")
-    from cli.main import _format_state
 
     print("\nstate of the subscriber account:")
-    print(_format_state(state) if state["ok"] else state)
+    print(format_state(state) if state["ok"] else state)
     print("\nits latest ledger entries:")
     print("\n".join(format_ledger_rows(ledger["entries"])) if ledger["entries"] else "(none)")
 

@@ -7,20 +7,22 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 
-from billing.db import mask_url
-from billing.validation import InvalidRequest, error_message
+from billing.core.validation import InvalidRequest, error_message
+from billing.storage.engine import mask_url
 from billing_client import rabbitmq
+from cli.formatting import event_subject, format_ledger_rows, format_state
 from cli.processes import BrokerUnreachable
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
-    from billing import migrate
-    from billing.settings import get_settings
+    from billing.core.settings import get_settings
+    from migrations import migrate
 
     url = get_settings().effective_database_url()
     migrate.upgrade(url, args.revision)
@@ -29,7 +31,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    from billing.settings import get_settings
+    from billing.core.settings import get_settings
     from cli import processes
 
     settings = get_settings()
@@ -54,7 +56,7 @@ def _cmd_beat(args: argparse.Namespace) -> int:
 
 
 def _cmd_flower(args: argparse.Namespace) -> int:
-    from billing.settings import get_settings
+    from billing.core.settings import get_settings
 
     credentials = get_settings().flower_basic_auth
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_")}
@@ -82,14 +84,14 @@ def _cmd_flower(args: argparse.Namespace) -> int:
 
 
 def _cmd_grant(args: argparse.Namespace) -> int:
-    from billing import frame, grants
-    from billing.validation import GrantArgs
+    from billing.core.validation import GrantArgs
+    from billing.movements import grants
 
     parsed = GrantArgs.parse(
         (), {"user_id": args.user_id, "amount": args.amount, "idempotency_key": args.key}
     )
 
-    result = _on_store(lambda store, s: frame.run(store, grants.Grant(parsed), s))
+    result = _on_store(grants.grant, parsed)
     return _print(result, args.json, _format_movement)
 
 
@@ -97,7 +99,7 @@ def _format_movement(result: dict[str, Any]) -> str:
     what = "replayed: " if result.get("replayed") else ""
     return (
         f"{what}{result['amount']} {result['source']} (ledger entry {result['ledger_id']})\n"
-        + _format_state(result)
+        + format_state(result)
     )
 
 
@@ -108,8 +110,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _with_engine(fn: Callable[[Any, Any], dict[str, Any]]) -> dict[str, Any]:
-    from billing.db import create_db_engine
-    from billing.settings import get_settings
+    from billing.core.settings import get_settings
+    from billing.storage.engine import create_db_engine
 
     settings = get_settings()
     engine = create_db_engine(
@@ -121,53 +123,54 @@ def _with_engine(fn: Callable[[Any, Any], dict[str, Any]]) -> dict[str, Any]:
         engine.dispose()
 
 
-def _on_store(fn: Callable[[Any, Any], dict[str, Any]]) -> dict[str, Any]:
-    """Run ``fn(store, settings)`` on the store a task would use (``billing.store``)."""
-    from billing import store
+def _on_store(handler: Callable[[Any, Any, Any], dict[str, Any]], parsed: Any) -> dict[str, Any]:
+    """Run a movement's entry point, ``handler(store, parsed, settings)``, on the store a task
+    would use (``billing.storage.factory``)."""
+    from billing.storage.factory import connect
 
     def run(engine: Any, settings: Any) -> dict[str, Any]:
-        with store.connect(engine) as conn:
-            return fn(conn, settings)
+        with connect(engine) as conn:
+            return handler(conn, parsed, settings)
 
     return _with_engine(run)
 
 
-def _in_transaction(fn: Callable[[Any, Any], dict[str, Any]]) -> dict[str, Any]:
-    """Run a read, ``fn(session, settings)``, in one ORM transaction."""
-    from billing.db import session_factory, transaction
+def _in_transaction(
+    handler: Callable[[Any, Any, Any], dict[str, Any]], parsed: Any
+) -> dict[str, Any]:
+    """Run a read, ``handler(session, parsed, settings)``, in one ORM transaction."""
+    from billing.storage.engine import session_factory, transaction
 
     def run(engine: Any, settings: Any) -> dict[str, Any]:
         with transaction(session_factory(engine)) as session:
-            return fn(session, settings)
+            return handler(session, parsed, settings)
 
     return _with_engine(run)
 
 
 def _cmd_state(args: argparse.Namespace) -> int:
-    from billing import accounts
-    from billing.validation import UserArgs
+    from billing.core.validation import UserArgs
+    from billing.movements import accounts
 
     parsed = UserArgs.parse((), {"user_id": args.user_id})
     # The open holds come from the state's own read: the list and `held` always agree.
-    result = _on_store(lambda store, s: accounts.get_state(store, parsed, s, with_holds=True))
-    return _print(result, args.json, _format_state)
+    result = _on_store(partial(accounts.get_state, with_holds=True), parsed)
+    return _print(result, args.json, format_state)
 
 
 def _cmd_ledger(args: argparse.Namespace) -> int:
-    from billing import ledger
-    from billing.validation import LedgerArgs
+    from billing.core.validation import LedgerArgs
+    from billing.reads import ledger
 
     parsed = LedgerArgs.parse(
         (), {"user_id": args.user_id, "limit": args.limit, "cursor": args.cursor}
     )
-    result = _in_transaction(
-        lambda session, s: ledger.get_ledger(session, parsed, enabled=s.ledger_enabled)
-    )
+    result = _in_transaction(ledger.page, parsed)
     return _print(result, args.json, _format_ledger)
 
 
 def _cmd_events(args: argparse.Namespace) -> int:
-    from billing import outbox
+    from billing.jobs import outbox
 
     if args.limit < 1:
         raise InvalidRequest("limit", "must be at least 1")
@@ -177,11 +180,6 @@ def _cmd_events(args: argparse.Namespace) -> int:
         )
     )
     return _print(result, args.json, _format_events)
-
-
-def event_subject(data: dict[str, Any]) -> str:
-    """What an event is about, in a word: its hold, its subscription's end, or its movement."""
-    return data.get("hold_key") or data.get("ends_at") or data.get("idempotency_key") or ""
 
 
 def _format_events(result: dict[str, Any]) -> str:
@@ -205,7 +203,7 @@ def _format_events(result: dict[str, Any]) -> str:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from billing import status
+    from billing.reads import status
     from cli import processes
     from worker import inspect
     from worker.app import app
@@ -347,19 +345,19 @@ def _format_dead_letters(result: dict[str, Any]) -> str:
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
-    from billing import audit
-    from billing.validation import AuditArgs
+    from billing.core.validation import AuditArgs
+    from billing.reads import audit
 
     parsed = AuditArgs.parse((), {"user_id": args.user_id})
 
     def run(engine: Any, _settings: Any) -> dict[str, Any]:
-        from billing import jobs
-        from billing.db import session_factory, transaction
+        from billing.jobs import runs
+        from billing.storage.engine import session_factory, transaction
 
         with transaction(session_factory(engine)) as session:
             outcome = audit.audit(session, parsed)
         if parsed.user_id is None:  # a full audit, recorded as the task records its own
-            jobs.record(engine, jobs.AUDIT, outcome)
+            runs.record(engine, runs.AUDIT, outcome)
         return outcome
 
     result = _with_engine(run)
@@ -389,8 +387,8 @@ def _mismatched(m: dict[str, Any]) -> str:
 
 
 def _cmd_repair_ledger_chain(args: argparse.Namespace) -> int:
-    from billing import repair
-    from billing.validation import AuditArgs
+    from billing.core.validation import AuditArgs
+    from billing.reads import repair
 
     parsed = AuditArgs.parse((), {"user_id": args.user_id})
     result = _with_engine(
@@ -427,48 +425,6 @@ def _print(result: dict[str, Any], as_json: bool, human: Callable[[dict[str, Any
     else:
         print(f"error {result['code']} {result['error']}: {result['message']}", file=sys.stderr)
     return 0 if result["ok"] else 1
-
-
-def _format_state(result: dict[str, Any]) -> str:
-    s = result["state"]
-    sub, free, held = s["subscription"], s["freemium"], s["held"]
-    sub_line = (
-        f"{sub['type']} ({'active until ' + sub['ends_at'] if sub['active'] else 'inactive'}), "
-        f"{sub['ops_used']}/{sub['ops_limit']} operations used, {sub['ops_remaining']} left, "
-        f"resets {sub['resets_at']}"
-        if sub["type"]
-        else "none"
-    )
-    return "\n".join(
-        [
-            f"user {s['user_id']} ({s['role']})",
-            f"  subscription: {sub_line}",
-            f"  freemium:     {free['used']}/{free['limit']} actions used, "
-            f"{free['remaining']} left, resets {free['resets_at']}",
-            f"  credits:      {s['credits']['balance']}",
-            f"  held:         {held['subscription_ops']} operations, "
-            f"{held['freemium_actions']} actions, {held['credits']} credits"
-            " (taken by open holds, already out of the figures above)",
-            *(
-                f"    {h['idempotency_key']}: {h['amount']} {h['source']} for a"
-                f" {h['operation']}, expires {h['expires_at']}"
-                for h in result.get("open_holds", [])
-            ),
-        ]
-    )
-
-
-def format_ledger_rows(entries: Sequence[dict[str, Any]]) -> list[str]:
-    header = f"{'id':>8}  {'created_at':<32} {'type':<12} {'source':<12} {'operation':<10} "
-    header += f"{'amount':>8} {'balance':>8}  key"
-    lines = [header]
-    for e in entries:
-        lines.append(
-            f"{e['id']:>8}  {e['created_at']:<32} {e['entry_type']:<12} {e['source']:<12} "
-            f"{e['operation'] or '-':<10} {e['amount']:>8} {e['balance_credits_after']:>8}  "
-            f"{e['idempotency_key']}"
-        )
-    return lines
 
 
 def _format_ledger(result: dict[str, Any]) -> str:
@@ -609,7 +565,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"billing: invalid setting {name}: {error_message(error)}", file=sys.stderr)
         return 2
     except OperationalError as exc:
-        from billing.settings import get_settings
+        from billing.core.settings import get_settings
 
         url = mask_url(get_settings().effective_database_url())
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__

@@ -13,8 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from billing.db import mask_url
-from billing.settings import get_settings
+from billing.core.settings import get_settings
+from billing.storage.engine import mask_url
 
 
 def worker_command(

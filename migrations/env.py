@@ -7,8 +7,8 @@ import os
 from alembic import context
 from sqlalchemy import text
 
-from billing.db import create_db_engine
-from billing.settings import get_settings
+from billing.core.settings import get_settings
+from billing.storage.engine import create_db_engine
 from models import Base
 
 target_metadata = Base.metadata

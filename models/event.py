@@ -19,7 +19,7 @@ class Event(Base):
     sweep) that caused it, and published to the product's queue after the commit.
 
     ``event_id`` is derived from what makes the event happen once (the movement's key, the
-    hold, the period or the subscription's end: ``billing.events``), so the unique index is
+    hold, the period or the subscription's end: ``billing.core.events``), so the unique index is
     what keeps a crossing to one event. ``id`` orders an account's events: they are written
     under the account's row lock, so one account's ids rise in the order its events happened.
     """

@@ -10,7 +10,7 @@ from models.base import Base
 
 
 class JobRun(Base):
-    """The last successful run of a periodic job (``billing.jobs``): when, and its answer."""
+    """The last successful run of a periodic job (``billing.jobs.runs``): when, and its answer."""
 
     __tablename__ = "billing_job_runs"
 

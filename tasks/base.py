@@ -6,18 +6,22 @@ import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, TypeVar
 
 import psycopg
 from celery import Task
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
-from billing import frame, jobs, results, store
-from billing.db import transaction
-from billing.settings import Settings, get_settings
-from billing.store import KeyRaced, Store
-from billing.validation import InvalidRequest, _Args
+from billing.core import results
+from billing.core.settings import Settings, get_settings
+from billing.core.validation import Args, InvalidRequest
+from billing.jobs import runs
+from billing.movements import batch, frame
+from billing.movements.store import KeyRaced, Store
+from billing.storage.engine import transaction
+from billing.storage.factory import connect
 from tasks.names import PRIVILEGED
 from worker import events, metrics
 from worker.db import get_engine, get_session_factory
@@ -25,7 +29,15 @@ from worker.logs import json_lines
 
 logger = json_lines("billing.outcomes")
 
-A = TypeVar("A", bound=_Args)
+A = TypeVar("A", bound=Args)
+
+# The periodic jobs' time limit: a sweep may run long, a movement never does.
+SWEEP_TIME_LIMIT = get_settings().sweep_time_limit_seconds
+
+
+class NoArgs(Args):
+    """Periodic jobs take no arguments."""
+
 
 # Infrastructure failures worth another try: the database went away, a connection broke, a
 # lock or statement timeout, a serialization failure or deadlock rolled us back, or the pool
@@ -65,21 +77,35 @@ class BillingTask(Task):
         kwargs: dict[str, Any],
         handler: Callable[[Store, A, Settings], results.Result],
     ) -> results.Result:
-        """Validate, then run the handler on a store (``billing.store``) on one pooled
-        connection: keyed movements run the frame there, one transaction each."""
+        """Validate, then run the handler on a store (``billing.movements.store``) on one
+        pooled connection: keyed movements run the frame there, one transaction each."""
+        return self._validated(parser, args, kwargs, self.on_store, handler)
 
-        def on_store(parsed: A, settings: Settings) -> results.Result:
-            return frame.replaying_races(lambda: self._on_store(handler, parsed, settings))
-
-        return self._validated(parser, args, kwargs, on_store)
+    def execute_batch(
+        self,
+        parser: type[A],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        handler: Callable[..., results.Result],
+    ) -> results.Result:
+        """A batch task: the handler (``billing.movements.batch``) answers every item, and
+        starts none that could end past this run's time limit."""
+        deadline = batch.deadline(time.monotonic(), time_limit(self))
+        return self.execute(parser, args, kwargs, partial(handler, deadline=deadline))
 
     @staticmethod
-    def _on_store(
+    def on_store(
+        handler: Callable[[Store, A, Settings], results.Result], parsed: A, settings: Settings
+    ) -> results.Result:
+        return frame.replaying_races(BillingTask.run_on_store, handler, parsed, settings)
+
+    @staticmethod
+    def run_on_store(
         handler: Callable[[Store, A, Settings], results.Result], parsed: A, settings: Settings
     ) -> results.Result:
         outcome = None
         try:
-            with store.connect(get_engine()) as conn:
+            with connect(get_engine()) as conn:
                 outcome = handler(conn, parsed, settings)
                 if conn.event_accounts:
                     # After the commit, on the same connection: the events the movement
@@ -101,41 +127,44 @@ class BillingTask(Task):
     ) -> results.Result:
         """Validate, then run a read that writes nothing (ledger pages, the audit) in an ORM
         session."""
+        return self._validated(parser, args, kwargs, self.in_session, handler)
 
-        def in_session(parsed: A, settings: Settings) -> results.Result:
-            with transaction(get_session_factory()) as session:
-                return handler(session, parsed, settings)
+    @staticmethod
+    def in_session(
+        handler: Callable[[Session, A, Settings], results.Result], parsed: A, settings: Settings
+    ) -> results.Result:
+        with transaction(get_session_factory()) as session:
+            return handler(session, parsed, settings)
 
-        return self._validated(parser, args, kwargs, in_session)
-
-    def execute_batched(
+    def execute_sweep(
         self,
-        parser: type[A],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        handler: Callable[[sessionmaker[Session], A, Settings], dict[str, Any]],
-        job: str | None = None,
+        handler: Callable[[Settings], dict[str, Any]],
+        job: str,
     ) -> results.Result:
-        """For set-based jobs that commit batch by batch: the handler gets the session
-        factory and opens one short transaction per batch. A periodic ``job`` records its
-        success (``billing.jobs``)."""
+        """A periodic job (no arguments) that commits batch by batch, each its own short
+        transaction; its success is recorded (``billing.jobs.runs``)."""
+        return self._validated(NoArgs, args, kwargs, self.sweep, handler, job)
 
-        def run(parsed: A, settings: Settings) -> results.Result:
-            outcome = results.success(**handler(get_session_factory(), parsed, settings))
-            if job is not None:
-                jobs.record(get_engine(), job, outcome)
-            return outcome
-
-        return self._validated(parser, args, kwargs, run)
+    @staticmethod
+    def sweep(
+        handler: Callable[[Settings], dict[str, Any]], job: str, _parsed: Args, settings: Settings
+    ) -> results.Result:
+        outcome = results.success(**handler(settings))
+        runs.record(get_engine(), job, outcome)
+        return outcome
 
     def _validated(
         self,
         parser: type[A],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        run: Callable[[A, Settings], results.Result],
+        run: Callable[..., results.Result],
+        *run_with: Any,
     ) -> results.Result:
-        """Parse the arguments (a 422 touches nothing), run, and log one line per outcome."""
+        """Parse the arguments (a 422 touches nothing), ``run(*run_with, parsed, settings)``,
+        and log one line per outcome."""
         started = time.perf_counter()
         settings = get_settings()
         refused = self._refused_queue(settings)
@@ -144,7 +173,7 @@ class BillingTask(Task):
         except InvalidRequest as exc:
             outcome = refused or exc.result()
         else:
-            outcome = refused or run(parsed, settings)
+            outcome = refused or run(*run_with, parsed, settings)
         self._log(outcome, kwargs, started)
         return outcome
 
@@ -223,3 +252,19 @@ def _loggable(value: Any) -> Any:
     if isinstance(value, str):
         return value if len(value) <= 255 else value[:255] + "..."
     return f"<{type(value).__name__}>"
+
+
+def time_limit(task: Task) -> float | None:
+    """The shortest time limit of this run, in seconds: the task's own (``task_time_limit``),
+    or a shorter hard or soft limit its message asks for. A message may shorten the run, never
+    lengthen it, and a limit that is not a positive number is not one."""
+    from_message = getattr(task.request, "timelimit", None)
+    limits = [task.time_limit, task.soft_time_limit]
+    if isinstance(from_message, list | tuple):
+        limits += from_message
+    positive = [
+        float(limit)
+        for limit in limits
+        if isinstance(limit, int | float) and not isinstance(limit, bool) and limit > 0
+    ]
+    return min(positive, default=None)

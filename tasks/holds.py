@@ -4,28 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from billing import batch, expiry, holds, jobs, results
-from billing.validation import CaptureArgs, ReleaseArgs, ReserveArgs, ReserveBatchArgs
-from models import Operation
+from billing.core import results
+from billing.core.settings import Settings
+from billing.core.validation import CaptureArgs, ReleaseArgs, ReserveArgs, ReserveBatchArgs
+from billing.jobs import expiry, runs
+from billing.movements import batch, holds
 from tasks import names
-from tasks.base import BillingTask
-from tasks.charges import run_batch
-from tasks.lifecycle import SWEEP_TIME_LIMIT, NoArgs
+from tasks.base import SWEEP_TIME_LIMIT, BillingTask
 from worker import events
 from worker.app import app
-
-
-def _reserve(
-    task: BillingTask, operation: Operation, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> results.Result:
-    return task.execute(
-        ReserveArgs,
-        args,
-        kwargs,
-        lambda store, parsed, settings: results.shaped(
-            holds.reserve(store, operation, parsed, settings), parsed.include_state
-        ),
-    )
+from worker.db import get_engine
 
 
 @app.task(bind=True, base=BillingTask, name=names.RESERVE_GENERATION)
@@ -42,7 +30,7 @@ def reserve_generation(
 ) -> results.Result:
     kwargs = {"user_id": user_id, "idempotency_key": idempotency_key, "cost": cost}
     kwargs.update(ttl_seconds=ttl_seconds, meta=meta, include_state=include_state, **unknown)
-    return _reserve(self, Operation.GENERATION, args, kwargs)
+    return self.execute(ReserveArgs, args, kwargs, holds.reserve_generation)
 
 
 @app.task(bind=True, base=BillingTask, name=names.RESERVE_ASSISTANT)
@@ -59,7 +47,7 @@ def reserve_assistant(
 ) -> results.Result:
     kwargs = {"user_id": user_id, "idempotency_key": idempotency_key, "cost": cost}
     kwargs.update(ttl_seconds=ttl_seconds, meta=meta, include_state=include_state, **unknown)
-    return _reserve(self, Operation.ASSISTANT, args, kwargs)
+    return self.execute(ReserveArgs, args, kwargs, holds.reserve_assistant)
 
 
 @app.task(bind=True, base=BillingTask, name=names.RESERVE_BATCH, batch_items="reserves")
@@ -73,7 +61,7 @@ def reserve_batch(
     """``reserves``: up to 100 ``{user_id, idempotency_key, operation, cost?, ttl_seconds?,
     meta?}``."""
     kwargs = {"reserves": reserves, "include_state": include_state, **unknown}
-    return run_batch(self, batch.RESERVES, ReserveBatchArgs, args, kwargs)
+    return self.execute_batch(ReserveBatchArgs, args, kwargs, batch.reserve_batch)
 
 
 @app.task(bind=True, base=BillingTask, name=names.CAPTURE)
@@ -100,12 +88,14 @@ def release(
     return self.execute(ReleaseArgs, args, kwargs, holds.release)
 
 
+def expire_due_holds(settings: Settings) -> dict[str, Any]:
+    """Expire every hold whose time is up, then publish the events that recorded."""
+    totals: dict[str, Any] = expiry.expire_holds(get_engine(), settings)
+    if totals["events"]:
+        totals["published"] = events.publish_all()["published"]
+    return totals
+
+
 @app.task(bind=True, base=BillingTask, name=names.EXPIRE_HOLDS, time_limit=SWEEP_TIME_LIMIT)
 def expire_holds(self: BillingTask, *args: Any, **unknown: Any) -> results.Result:
-    def expire(factory: Any, _parsed: Any, settings: Any) -> dict[str, Any]:
-        totals: dict[str, Any] = expiry.expire_holds(factory.kw["bind"], settings)
-        if totals["events"]:
-            totals["published"] = events.publish_all()["published"]
-        return totals
-
-    return self.execute_batched(NoArgs, args, unknown, expire, job=jobs.EXPIRE_HOLDS)
+    return self.execute_sweep(args, unknown, expire_due_holds, runs.EXPIRE_HOLDS)

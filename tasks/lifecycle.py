@@ -4,19 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from billing import audit, frame, grants, jobs, refunds, resets, results, subscriptions, tiers
-from billing.settings import get_settings
-from billing.validation import AuditArgs, GrantArgs, RefundArgs, SubscriptionArgs, _Args
+from sqlalchemy.orm import Session
+
+from billing.core import results
+from billing.core.settings import Settings
+from billing.core.validation import AuditArgs, GrantArgs, RefundArgs, SubscriptionArgs
+from billing.jobs import resets, runs, tiers
+from billing.movements import grants, refunds, subscriptions
+from billing.reads import audit
 from tasks import names
-from tasks.base import BillingTask
+from tasks.base import SWEEP_TIME_LIMIT, BillingTask
 from worker.app import app
-from worker.db import get_engine
-
-SWEEP_TIME_LIMIT = get_settings().sweep_time_limit_seconds
-
-
-class NoArgs(_Args):
-    """Periodic jobs take no arguments."""
+from worker.db import get_engine, get_session_factory
 
 
 @app.task(bind=True, base=BillingTask, name=names.GRANT_CREDITS)
@@ -34,7 +33,7 @@ def grant_credits(
         GrantArgs,
         args,
         {**kwargs, "meta": meta, **unknown},
-        lambda store, parsed, settings: frame.run(store, grants.Grant(parsed), settings),
+        grants.grant,
     )
 
 
@@ -53,9 +52,7 @@ def activate_subscription(
         SubscriptionArgs,
         args,
         {**kwargs, **unknown},
-        lambda store, parsed, settings: frame.run(
-            store, subscriptions.Subscription(parsed), settings
-        ),
+        subscriptions.activate,
     )
 
 
@@ -71,36 +68,34 @@ def refund(
     return self.execute(RefundArgs, args, kwargs, refunds.refund)
 
 
+def audit_and_record(session: Session, args: AuditArgs, _settings: Settings) -> results.Result:
+    """The audit; a full one records its mismatches, which the metric and the alert watch."""
+    outcome = audit.audit(session, args)
+    if args.user_id is None:
+        runs.record(get_engine(), runs.AUDIT, outcome)
+    return outcome
+
+
+def reset_due_allowances(settings: Settings) -> dict[str, Any]:
+    return resets.reset_due_limits(get_session_factory(), settings)
+
+
+def sync_tiers(settings: Settings) -> dict[str, Any]:
+    return tiers.sync_tier_limits(get_session_factory(), settings)
+
+
 @app.task(bind=True, base=BillingTask, name=names.AUDIT, time_limit=SWEEP_TIME_LIMIT)
 def audit_accounts(
     self: BillingTask, *args: Any, user_id: Any = None, **unknown: Any
 ) -> results.Result:
-    def full_audit(session: Any, parsed: AuditArgs, _settings: Any) -> results.Result:
-        outcome = audit.audit(session, parsed)
-        if parsed.user_id is None:  # the mismatches the metric and the alert watch
-            jobs.record(get_engine(), jobs.AUDIT, outcome)
-        return outcome
-
-    return self.execute_read(AuditArgs, args, {"user_id": user_id, **unknown}, full_audit)
+    return self.execute_read(AuditArgs, args, {"user_id": user_id, **unknown}, audit_and_record)
 
 
 @app.task(bind=True, base=BillingTask, name=names.RESET_DUE_LIMITS, time_limit=SWEEP_TIME_LIMIT)
 def reset_due_limits(self: BillingTask, *args: Any, **unknown: Any) -> results.Result:
-    return self.execute_batched(
-        NoArgs,
-        args,
-        unknown,
-        lambda factory, _parsed, settings: resets.reset_due_limits(factory, settings),
-        job=jobs.RESET_DUE_LIMITS,
-    )
+    return self.execute_sweep(args, unknown, reset_due_allowances, runs.RESET_DUE_LIMITS)
 
 
 @app.task(bind=True, base=BillingTask, name=names.SYNC_TIER_LIMITS, time_limit=SWEEP_TIME_LIMIT)
 def sync_tier_limits(self: BillingTask, *args: Any, **unknown: Any) -> results.Result:
-    return self.execute_batched(
-        NoArgs,
-        args,
-        unknown,
-        lambda factory, _parsed, settings: tiers.sync_tier_limits(factory, settings),
-        job=jobs.SYNC_TIER_LIMITS,
-    )
+    return self.execute_sweep(args, unknown, sync_tiers, runs.SYNC_TIER_LIMITS)

@@ -2,8 +2,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from billing import accounts, ledger, results
-from billing.validation import LedgerArgs, UserArgs
+from billing.core import results
+from billing.core.validation import LedgerArgs, UserArgs
+from billing.movements import accounts
+from billing.reads import ledger
 from tasks import names
 from tasks.base import BillingTask
 from worker.app import app
@@ -27,7 +29,5 @@ def get_ledger(
         LedgerArgs,
         args,
         {"user_id": user_id, "limit": limit, "cursor": cursor, **unknown},
-        lambda session, parsed, settings: ledger.get_ledger(
-            session, parsed, enabled=settings.ledger_enabled
-        ),
+        ledger.page,
     )

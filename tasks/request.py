@@ -8,20 +8,14 @@ from typing import Any
 
 from celery.worker.request import Request
 
-from billing.settings import get_settings
-from billing_client.masking import has_sensitive, masked_repr
+from billing.core.settings import get_settings
+from billing_client.masking import has_sensitive, masked_kwargs
 
 logger = logging.getLogger(__name__)
 
 # Celery's part of a message body after the arguments: the tasks a worker sends when this one
 # ends. Nothing else belongs there.
 LINKS = ("callbacks", "errbacks", "chain", "chord")
-
-
-def masked_kwargs(kwargs: Any) -> str:
-    if not isinstance(kwargs, dict):
-        return f"<{type(kwargs).__name__}>"
-    return masked_repr(kwargs)
 
 
 class BillingRequest(Request):

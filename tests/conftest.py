@@ -20,9 +20,9 @@ from celery.contrib.testing.worker import start_worker
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session
 
-from billing import migrate
-from billing.settings import get_settings, reload_settings
+from billing.core.settings import get_settings, reload_settings
 from cli import processes
+from migrations import migrate
 from models import User, UserRole
 from tests import brokers, db
 from tests.procs import LOG_DIR, consumer_command

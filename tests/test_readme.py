@@ -34,7 +34,7 @@ from celery import Celery
 from celery.result import AsyncResult
 from sqlalchemy import text
 
-from billing.settings import get_settings
+from billing.core.settings import get_settings
 from billing_client import BillingClient
 from billing_client.names import PRIVILEGED
 from cli import processes

@@ -19,7 +19,7 @@ import redis
 from celery.beat import PersistentScheduler
 from redis.exceptions import LockError, RedisError
 
-from billing.settings import get_settings
+from billing.core.settings import get_settings
 
 logger = logging.getLogger("billing.beat")
 

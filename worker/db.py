@@ -12,8 +12,8 @@ import threading
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from billing.db import create_db_engine, session_factory
-from billing.settings import get_settings
+from billing.core.settings import get_settings
+from billing.storage.engine import create_db_engine, session_factory
 
 _lock = threading.Lock()
 _pid: int | None = None

@@ -16,7 +16,7 @@ import json
 from typing import Any
 
 from billing_client import rabbitmq
-from tasks.request import masked_kwargs
+from billing_client.masking import masked_kwargs
 
 
 def _kwargs(message: Any) -> str:

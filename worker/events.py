@@ -11,9 +11,10 @@ import json
 from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 
-from billing import outbox
-from billing.settings import get_settings
-from billing.store import Store, connect
+from billing.core.settings import get_settings
+from billing.jobs import outbox
+from billing.movements.store import Store
+from billing.storage.factory import connect
 from worker.app import app
 from worker.db import get_engine
 from worker.logs import json_lines

@@ -6,9 +6,9 @@ import json
 import time
 from typing import Any
 
-from billing.settings import get_settings
+from billing.core.settings import get_settings
 from billing_client import rabbitmq
-from worker.metrics import SENT_AT_HEADER
+from billing_client.names import SENT_AT_HEADER
 
 
 def billing_queues() -> list[str]:

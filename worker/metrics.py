@@ -35,7 +35,7 @@ from typing import Any
 
 from celery.signals import before_task_publish, worker_init, worker_shutdown
 
-from billing.settings import get_settings
+from billing.core.settings import get_settings
 from billing_client.names import SENT_AT_HEADER  # set by billing_client and by this app
 
 logger = logging.getLogger("billing.metrics")
@@ -145,7 +145,7 @@ class StateCollector:
 
     def _database(self) -> Any:
         if self._engine is None:
-            from billing.db import create_db_engine
+            from billing.storage.engine import create_db_engine
 
             settings = get_settings()
             self._engine = create_db_engine(
@@ -158,7 +158,7 @@ class StateCollector:
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily
 
-        from billing import status
+        from billing.reads import status
 
         ok = GaugeMetricFamily(
             "billing_state_read_ok",

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import threading
 
-from billing.settings import get_settings
+from billing.core.settings import get_settings
 from billing_client import BillingClient
-from tasks.request import masked_kwargs
+from billing_client.masking import masked_kwargs
 from tests.conftest import count_rows, hold_rows, ledger_rows
 from worker import app
 

@@ -11,10 +11,10 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import text
 
-from billing import resets
-from billing.db import session_factory
-from billing.rules import as_utc
-from billing.settings import get_settings
+from billing.core.rules import as_utc
+from billing.core.settings import get_settings
+from billing.jobs import resets
+from billing.storage.engine import session_factory
 from tests.conftest import (
     RESULT_TIMEOUT,
     days_ago,

@@ -15,9 +15,10 @@ from datetime import UTC, datetime, timedelta
 import redis
 from sqlalchemy import text
 
-from billing import charges, frame, store
-from billing.settings import get_settings
-from billing.validation import ChargeArgs
+from billing.core.settings import get_settings
+from billing.core.validation import ChargeArgs
+from billing.movements import charges, frame
+from billing.storage.factory import connect
 from models import Operation
 from tests.conftest import event_rows, ledger_rows, shift_clock
 from tests.procs import wait_until
@@ -315,8 +316,8 @@ def test_prune_removes_in_batches(worker, accounts, engine):
 
 RELAY_KILLED_MID_BATCH = """
 import os, sys, time
-from billing import outbox
-from billing.store import connect
+from billing.jobs import outbox
+from billing.storage.factory import connect
 from worker import events
 from worker.db import get_engine
 
@@ -339,7 +340,7 @@ def test_a_relay_killed_mid_batch_resends_and_never_skips(
     for user in users:
         for n in range(2):
             args = ChargeArgs.parse((), {"user_id": user, "idempotency_key": f"{user}-{n}"})
-            with store.connect(engine) as conn:
+            with connect(engine) as conn:
                 assert frame.run(conn, charges.Charge(Operation.GENERATION, args), get_settings())[
                     "ok"
                 ]

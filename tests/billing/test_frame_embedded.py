@@ -9,23 +9,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import Engine, text
 
-from billing import (
-    accounts,
-    audit,
-    charges,
-    expiry,
-    frame,
-    grants,
-    holds,
-    migrate,
-    outbox,
-    refunds,
-    store,
-    subscriptions,
-)
-from billing.db import create_db_engine, session_factory, transaction
-from billing.settings import Settings
-from billing.validation import (
+from billing.core.settings import Settings
+from billing.core.validation import (
     AuditArgs,
     CaptureArgs,
     ChargeArgs,
@@ -36,6 +21,12 @@ from billing.validation import (
     SubscriptionArgs,
     UserArgs,
 )
+from billing.jobs import expiry, outbox
+from billing.movements import accounts, charges, frame, grants, holds, refunds, subscriptions
+from billing.reads import audit
+from billing.storage.engine import create_db_engine, session_factory, transaction
+from billing.storage.factory import connect
+from migrations import migrate
 from models import Operation
 
 
@@ -72,7 +63,7 @@ def _row(engine: Engine, user_id: int) -> dict:
 
 def _charge(engine: Engine, settings: Settings, user: int, key: str, **kw: object) -> dict:
     args = ChargeArgs.parse((), {"user_id": user, "idempotency_key": key, **kw})
-    with store.connect(engine) as conn:
+    with connect(engine) as conn:
         return frame.run(conn, charges.Charge(Operation.GENERATION, args), settings)
 
 
@@ -112,7 +103,7 @@ def test_flags_and_costs_apply_to_new_keys_only(sqlite, settings):
 
 def test_grant_subscription_and_refund(sqlite, settings):
     user = _account(sqlite, 1, freemium_actions_used=settings.freemium_limit)
-    with store.connect(sqlite) as conn:
+    with connect(sqlite) as conn:
         granted = frame.run(
             conn,
             grants.Grant(
@@ -125,7 +116,7 @@ def test_grant_subscription_and_refund(sqlite, settings):
             conn, subscriptions.Subscription(SubscriptionArgs.parse((), sub_args)), settings
         )
     charged = _charge(sqlite, settings, user, "job")
-    with store.connect(sqlite) as conn:
+    with connect(sqlite) as conn:
         refunded = refunds.refund(conn, RefundArgs.parse((), {"idempotency_key": "job"}), settings)
         twice = refunds.refund(conn, RefundArgs.parse((), {"idempotency_key": "job"}), settings)
         missing = refunds.refund(conn, RefundArgs.parse((), {"idempotency_key": "none"}), settings)
@@ -141,7 +132,7 @@ def test_grant_subscription_and_refund(sqlite, settings):
 def test_a_grant_past_the_ceiling_is_refused_and_not_remembered(sqlite, settings):
     user = _account(sqlite, 1, balance_credits=2**31 - 5)
     args = GrantArgs.parse((), {"user_id": user, "amount": 10, "idempotency_key": "big"})
-    with store.connect(sqlite) as conn:
+    with connect(sqlite) as conn:
         refused = frame.run(conn, grants.Grant(args), settings)
     with sqlite.connect() as conn:
         remembered = conn.execute(text("SELECT count(*) FROM billing_requests")).scalar()
@@ -153,7 +144,7 @@ def test_a_grant_past_the_ceiling_is_refused_and_not_remembered(sqlite, settings
 def test_state_read_stores_a_due_reset_under_the_lock(sqlite, settings):
     old = datetime.now(UTC) - timedelta(days=31)
     user = _account(sqlite, 1, freemium_actions_used=3, freemium_reset_at=old)
-    with store.connect(sqlite) as conn:
+    with connect(sqlite) as conn:
         state = accounts.get_state(conn, UserArgs.parse((), {"user_id": user}), settings)
     with sqlite.connect() as conn:
         journal = conn.execute(text("SELECT restored FROM allowance_resets")).scalars().all()
@@ -164,7 +155,7 @@ def test_state_read_stores_a_due_reset_under_the_lock(sqlite, settings):
 
 
 def _hold_call(engine: Engine, settings: Settings, call: str, **kw: object) -> dict:
-    with store.connect(engine) as conn:
+    with connect(engine) as conn:
         if call == "reserve":
             return holds.reserve(conn, Operation.GENERATION, ReserveArgs.parse((), kw), settings)
         if call == "capture":
@@ -180,7 +171,7 @@ def _audit(engine: Engine) -> dict:
 def test_holds_reserve_capture_release_and_refund(sqlite, settings):
     settings = settings.model_copy(update={"freemium_limit": 1})
     user = _account(sqlite, 1)
-    with store.connect(sqlite) as conn:
+    with connect(sqlite) as conn:
         frame.run(
             conn,
             grants.Grant(
@@ -197,7 +188,7 @@ def test_holds_reserve_capture_release_and_refund(sqlite, settings):
     released = _hold_call(sqlite, settings, "release", idempotency_key="f", reason="failed")
     closed = _hold_call(sqlite, settings, "capture", idempotency_key="f")
     missing = _hold_call(sqlite, settings, "release", idempotency_key="nothing")
-    with store.connect(sqlite) as conn:
+    with connect(sqlite) as conn:
         refunded = refunds.refund(conn, RefundArgs.parse((), {"idempotency_key": "p"}), settings)
 
     assert (free["source"], paid["source"], paid["hold"]["status"]) == (
@@ -224,7 +215,7 @@ def test_holds_expire_lazily_and_by_the_sweep(sqlite, settings):
     with sqlite.begin() as conn:  # both holds' time is up
         conn.execute(text("UPDATE billing_holds SET expires_at = :t"), {"t": datetime.now(UTC)})
 
-    with store.connect(sqlite) as conn:
+    with connect(sqlite) as conn:
         state = accounts.get_state(conn, UserArgs.parse((), {"user_id": 1}), settings)
     swept = expiry.expire_holds(sqlite, settings)
     again = expiry.expire_holds(sqlite, settings)
@@ -247,7 +238,7 @@ def test_events_are_recorded_published_in_order_and_pruned(sqlite, settings):
     user = _account(sqlite, 1, balance_credits=cost)
     ending = _account(sqlite, 2)
     sub_args = {"user_id": ending, "tier": "standard", "idempotency_key": "sub", "days": 1}
-    with store.connect(sqlite) as conn:
+    with connect(sqlite) as conn:
         subscription = subscriptions.Subscription(SubscriptionArgs.parse((), sub_args))
         assert frame.run(conn, subscription, settings)["ok"]
     _charge(sqlite, settings, user, "free")  # the period's last free action
@@ -258,7 +249,7 @@ def test_events_are_recorded_published_in_order_and_pruned(sqlite, settings):
     again = outbox.announce_subscriptions(sqlite, settings)
 
     published: list[dict] = []
-    with store.connect(sqlite) as conn:
+    with connect(sqlite) as conn:
         totals = outbox.publish_pending(conn, published.extend, batch=2)
         nothing_left = outbox.publish_pending(conn, published.extend)
 

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from billing.settings import get_settings
+from billing.core.settings import get_settings
 from tests.conftest import count_rows, hold_rows, ledger_rows, shift_clock
 
 

@@ -12,11 +12,11 @@ import psycopg
 import pytest
 from sqlalchemy import Engine
 
-from billing import charges, frame, grants, refunds, subscriptions
-from billing.settings import get_settings
-from billing.store import KeyRaced
-from billing.store_pg import PgStore
-from billing.validation import ChargeArgs, GrantArgs, RefundArgs, SubscriptionArgs
+from billing.core.settings import get_settings
+from billing.core.validation import ChargeArgs, GrantArgs, RefundArgs, SubscriptionArgs
+from billing.movements import charges, frame, grants, refunds, subscriptions
+from billing.movements.store import KeyRaced
+from billing.storage.psycopg_store import PgStore
 from models import Operation
 from tests.conftest import ledger_rows
 from worker import app

@@ -11,10 +11,13 @@ import sys
 
 from sqlalchemy import text
 
-from billing import audit, frame, grants, holds, migrate, repair, store
-from billing.db import create_db_engine, session_factory, transaction
-from billing.settings import Settings
-from billing.validation import AuditArgs, CaptureArgs, GrantArgs, ReserveArgs
+from billing.core.settings import Settings
+from billing.core.validation import AuditArgs, CaptureArgs, GrantArgs, ReserveArgs
+from billing.movements import frame, grants, holds
+from billing.reads import audit, repair
+from billing.storage.engine import create_db_engine, session_factory, transaction
+from billing.storage.factory import connect
+from migrations import migrate
 from models import Operation
 from tests.conftest import ledger_rows, shift_clock
 
@@ -198,7 +201,7 @@ def test_the_chain_on_the_embedded_default(tmp_path):
     fund = GrantArgs.parse((), {"user_id": 1, "amount": 100, "idempotency_key": "fund"})
     reserve = ReserveArgs.parse((), {"user_id": 1, "idempotency_key": "job", "cost": 10})
     capture = CaptureArgs.parse((), {"idempotency_key": "job", "amount": 4})
-    with store.connect(engine) as conn:
+    with connect(engine) as conn:
         frame.run(conn, grants.Grant(fund), settings)
         holds.reserve(conn, Operation.ASSISTANT, reserve, settings)
         holds.capture(conn, capture, settings)

@@ -23,7 +23,7 @@ import psycopg
 from celery.result import AsyncResult, ResultSet
 from sqlalchemy import Engine
 
-from billing.settings import get_settings
+from billing.core.settings import get_settings
 from tests.conftest import RESULT_TIMEOUT, days_ago, ledger_rows
 from tests.procs import celery_worker_process, wait_until
 from worker import app

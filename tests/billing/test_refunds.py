@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from billing.settings import get_settings
+from billing.core.settings import get_settings
 from tests.conftest import ledger_rows, shift_clock
 
 

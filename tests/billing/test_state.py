@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from billing.rules import as_utc
-from billing.settings import get_settings
+from billing.core.rules import as_utc
+from billing.core.settings import get_settings
 
 
 def test_state_for_a_subscriber(worker, accounts):

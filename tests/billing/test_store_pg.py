@@ -9,13 +9,14 @@ import psycopg
 import pytest
 from sqlalchemy import Engine
 
-from billing import charges, frame, store_pg
-from billing.settings import get_settings
-from billing.validation import ChargeArgs
+from billing.core.settings import get_settings
+from billing.core.validation import ChargeArgs
+from billing.movements import charges, frame
+from billing.storage import psycopg_store
 from models import Operation
 from tests.conftest import Accounts, ledger_rows
 
-NAMES = sorted(s.name for s in store_pg.STATEMENTS)
+NAMES = sorted(s.name for s in psycopg_store.STATEMENTS)
 
 
 @pytest.fixture
@@ -28,7 +29,7 @@ def conn(engine: Engine) -> Iterator[psycopg.Connection]:
 def _charge(conn: psycopg.Connection, user_id: int, key: str) -> dict:
     args = ChargeArgs.parse((), {"user_id": user_id, "idempotency_key": key})
     movement = charges.Charge(Operation.GENERATION, args)
-    return frame.run(store_pg.PgStore(conn), movement, get_settings())
+    return frame.run(psycopg_store.PgStore(conn), movement, get_settings())
 
 
 def _prepared_here(conn: psycopg.Connection) -> list[str]:
@@ -70,8 +71,8 @@ def test_statements_left_by_an_earlier_attempt_are_kept_not_prepared_twice(
 ):
     # PREPARE is not transactional: an attempt that failed half way leaves some behind.
     user = accounts.credits_only(balance_credits=100)
-    conn.execute(store_pg.LOCK_ACCOUNT.prepare)
-    conn.execute(store_pg.REMEMBER.prepare)
+    conn.execute(psycopg_store.LOCK_ACCOUNT.prepare)
+    conn.execute(psycopg_store.REMEMBER.prepare)
 
     outcome = _charge(conn, user, "pg-1")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from billing.rules import as_utc
+from billing.core.rules import as_utc
 from tests.conftest import count_rows, days_ago, ledger_rows
 
 

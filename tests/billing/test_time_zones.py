@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import Engine, text
 
-from billing.settings import get_settings
+from billing.core.settings import get_settings
 from tests import db
 from tests.conftest import event_rows, hold_rows, ledger_rows, reset_rows
 from tests.services import DB_TIMEZONE, TEST_DATABASE, WORKER_TZ

@@ -11,7 +11,7 @@ from datetime import datetime
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
-from billing.settings import get_settings
+from billing.core.settings import get_settings
 from tests.db import recreate_database
 from tests.services import database_url
 

@@ -28,10 +28,11 @@ from celery import Celery
 from celery.result import AsyncResult
 from sqlalchemy import Engine, text
 
-from billing import frame, grants, store, subscriptions
-from billing.db import create_db_engine, session_factory, transaction
-from billing.settings import Settings
-from billing.validation import GrantArgs, SubscriptionArgs
+from billing.core.settings import Settings
+from billing.core.validation import GrantArgs, SubscriptionArgs
+from billing.movements import frame, grants, subscriptions
+from billing.storage.engine import create_db_engine, session_factory, transaction
+from billing.storage.factory import connect
 from models import User, UserRole
 from tests.brokers import Broker
 
@@ -103,7 +104,7 @@ def prepare_fleet(database_url: str) -> Fleet:
             for n in range(ACCOUNTS):
                 role = KINDS[kinds[n % len(kinds)]][0]
                 session.add(User(id=FIRST_ID + n, role=role, freemium_reset_at=datetime.now(UTC)))
-        with store.connect(engine) as conn:
+        with connect(engine) as conn:
             for n in range(ACCOUNTS):
                 kind = kinds[n % len(kinds)]
                 _role, tier, credits = KINDS[kind]

@@ -11,7 +11,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 
-from billing import migrate
+from migrations import migrate
 from models import Base
 from tests.db import recreate_database
 from tests.services import database_url

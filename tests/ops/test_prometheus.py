@@ -10,7 +10,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from billing.settings import get_settings
+from billing.core.settings import get_settings
 from tests.procs import celery_worker_process, free_port, wait_until
 from worker import app
 

@@ -27,7 +27,7 @@ from celery.result import AsyncResult
 from kombu.transport.native_delayed_delivery import calculate_routing_key
 from sqlalchemy import Engine
 
-from billing.settings import get_settings
+from billing.core.settings import get_settings
 from billing_client import rabbitmq
 from billing_client.names import PRIVILEGED
 from tests import brokers, forge

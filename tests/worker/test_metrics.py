@@ -11,7 +11,7 @@ import re
 import signal
 from pathlib import Path
 
-from billing.settings import get_settings
+from billing.core.settings import get_settings
 from tests.procs import celery_worker_process, children, free_port, sample, scrape, wait_until
 from worker import app
 

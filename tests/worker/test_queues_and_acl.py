@@ -15,7 +15,7 @@ from celery.result import AsyncResult
 from kombu import Connection
 from redis.exceptions import NoPermissionError
 
-from billing.settings import get_settings
+from billing.core.settings import get_settings
 from billing_client import BillingClient, rabbitmq
 from billing_client.names import PRIVILEGED
 from tasks.lifecycle import grant_credits

@@ -10,7 +10,7 @@ import uuid
 
 import redis
 
-from billing.settings import get_settings
+from billing.core.settings import get_settings
 from cli import processes
 from tests import brokers
 from tests.brokers import rabbitmq_broker

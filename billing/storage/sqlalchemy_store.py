@@ -1,0 +1,321 @@
+"""The frame's store on SQLAlchemy Core, for any dialect: the store of the embedded SQLite
+default, and on PostgreSQL the one the sweeps and reads use (hold expiry, the outbox relay,
+status), where the charge's fast path is ``PgStore``.
+
+SQLite has no row locks: the engine begins every transaction with ``BEGIN IMMEDIATE``
+(``billing.storage.engine``), which takes the database's write lock before the first read, so
+the lock comes before the read here too. On PostgreSQL the lock is ``SELECT ... FOR UPDATE``.
+The clock is ``db_now``: the database's on PostgreSQL, the process's on SQLite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Column, Connection, Table, and_, func, or_, select, union_all, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.dml import Insert
+
+from billing.core import records
+from billing.core.records import (
+    ACCOUNT_COLUMNS,
+    AccountRow,
+    ChargeRow,
+    Entry,
+    HoldRow,
+    Locked,
+    OutboxRow,
+    StoredOutcome,
+    Writes,
+    counters,
+)
+from billing.core.rules import as_utc
+from billing.core.settlement import SETTLE_PREFIX
+from billing.movements.store import KeyRaced
+from models import (
+    AllowanceReset,
+    BillingRequest,
+    EntryType,
+    Event,
+    Hold,
+    HoldStatus,
+    LedgerEntry,
+    User,
+)
+
+USERS = User.__table__
+LEDGER = LedgerEntry.__table__
+OUTCOMES = BillingRequest.__table__
+RESETS = AllowanceReset.__table__
+HOLDS = Hold.__table__
+EVENTS = Event.__table__
+COLUMNS = [USERS.c[name] for name in ACCOUNT_COLUMNS]
+HOLD_COLUMNS = [HOLDS.c[name] for name in records.HOLD_COLUMNS]
+
+
+def insert_unless_exists(conn: Connection, table: Table) -> Insert:
+    """INSERT ... ON CONFLICT DO NOTHING in the connection's dialect."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table).on_conflict_do_nothing()
+
+
+def db_now(conn: Connection) -> datetime:
+    """The transaction's clock: PostgreSQL's ``now()``, one clock with the frame for every
+    worker; the process's on the embedded default, which runs on one machine. In UTC, so that
+    arithmetic on it is in exact seconds whatever the session's TimeZone."""
+    if conn.dialect.name == "postgresql":
+        return as_utc(conn.execute(select(func.now())).scalar_one())
+    return datetime.now(UTC)
+
+
+class SqlStore:
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.event_accounts: set[int] = set()
+
+    def _now(self) -> datetime:
+        return db_now(self.conn)
+
+    def lock_due(self, after: int, limit: int) -> tuple[list[AccountRow], datetime]:
+        """Begin; lock up to ``limit`` accounts past id ``after`` that have a hold due, skipping
+        any another transaction holds (it expires them itself), and read their holds after
+        the lock."""
+        self.conn.begin()
+        now = self._now()
+        due = select(HOLDS.c.user_id).where(
+            HOLDS.c.status == HoldStatus.HELD, HOLDS.c.expires_at <= now
+        )
+        rows = self.conn.execute(
+            select(*COLUMNS)
+            .where(USERS.c.id > after, USERS.c.id.in_(due))
+            .order_by(USERS.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        ).all()
+        accounts = {row.id: AccountRow(*row) for row in rows}
+        if accounts:
+            holds = self.conn.execute(
+                select(HOLDS.c.user_id, *HOLD_COLUMNS).where(
+                    HOLDS.c.user_id.in_(list(accounts)), HOLDS.c.status == HoldStatus.HELD
+                )
+            ).all()
+            for user_id, *hold in holds:
+                accounts[user_id].holds.append(HoldRow(*hold))
+        return list(accounts.values()), now
+
+    def _lock_account(self, user_id: int, hold_key: str | None) -> AccountRow | None:
+        """The account under its row lock, then its open holds (and the hold ``hold_key``):
+        read after the lock, so they are as its last movement left them."""
+        query = select(*COLUMNS).where(USERS.c.id == user_id).with_for_update()
+        row = self.conn.execute(query).first()
+        if row is None:
+            return None
+        named = HOLDS.c.status == HoldStatus.HELD
+        if hold_key is not None:
+            named = or_(named, HOLDS.c.idempotency_key == hold_key)
+        holds = self.conn.execute(
+            select(*HOLD_COLUMNS).where(HOLDS.c.user_id == user_id, named)
+        ).all()
+        return AccountRow(*row, holds=[HoldRow(*hold) for hold in holds])
+
+    def lock(self, user_id: int, key: str | None, hold_key: str | None = None) -> Locked:
+        self.conn.begin()
+        account = self._lock_account(user_id, hold_key)
+        stored = None
+        if key is not None:
+            row = self.conn.execute(
+                select(
+                    OUTCOMES.c.user_id, OUTCOMES.c.operation, OUTCOMES.c.cost, OUTCOMES.c.response
+                ).where(OUTCOMES.c.idempotency_key == key)
+            ).first()
+            stored = StoredOutcome(*row) if row is not None else None
+        return Locked(account, self._now(), stored)
+
+    def write(self, writes: Writes) -> int | None:
+        ledger_id = self.write_rows(writes)
+        self.conn.commit()
+        if writes.events:
+            self.event_accounts.add(writes.user_id)
+        return ledger_id
+
+    def write_rows(self, writes: Writes) -> int | None:
+        """``write`` without the COMMIT, for a batch of accounts in one transaction."""
+        conn, account, entry, outcome = self.conn, writes.account, writes.entry, writes.outcome
+        if account is not None and writes.changed:
+            values = {c: getattr(account, c) for c in ACCOUNT_COLUMNS if c not in ("id", "role")}
+            conn.execute(update(USERS).where(USERS.c.id == account.id).values(**values))
+        for reset in writes.resets:
+            conn.execute(
+                insert_unless_exists(conn, RESETS).values(
+                    user_id=writes.user_id,
+                    source=reset.source,
+                    period_start=reset.period_start,
+                    restored=reset.amount,
+                    recorded_at=writes.at,
+                )
+            )
+        for change in writes.holds:
+            hold = change.hold
+            if change.new:
+                conn.execute(
+                    HOLDS.insert().values(
+                        idempotency_key=hold.key,
+                        user_id=writes.user_id,
+                        operation=hold.operation,
+                        source=hold.source,
+                        amount=hold.amount,
+                        created_at=writes.at,
+                        expires_at=hold.expires_at,
+                    )
+                )
+            else:
+                conn.execute(
+                    update(HOLDS)
+                    .where(HOLDS.c.idempotency_key == hold.key, HOLDS.c.status == HoldStatus.HELD)
+                    .values(status=hold.status, settled_at=writes.at, captured=hold.captured)
+                )
+        for extra in writes.entries:
+            self._insert_entry(writes, extra)
+        for event in writes.events:
+            conn.execute(
+                insert_unless_exists(conn, EVENTS).values(
+                    event_id=event.event_id,
+                    type=event.type,
+                    user_id=writes.user_id,
+                    occurred_at=writes.at,
+                    subject_at=event.subject_at,
+                    data=event.data,
+                    kept_until=event.kept_until,
+                )
+            )
+        ledger_id = None
+        if entry is not None:
+            ledger_id = self._insert_entry(writes, entry)
+        if outcome is not None:
+            response = outcome.response
+            if ledger_id is not None:
+                response = {**response, "ledger_id": ledger_id}
+            self._insert_keyed(
+                OUTCOMES.c.idempotency_key,
+                idempotency_key=writes.key,
+                user_id=outcome.user_id,
+                operation=outcome.operation,
+                cost=outcome.cost,
+                response=response,
+                ledger_id=ledger_id,
+            )
+        return ledger_id
+
+    def _insert_entry(self, writes: Writes, entry: Entry) -> int:
+        account = writes.account
+        assert account is not None, "a ledger row belongs to an account"
+        balance, ops_used, actions_used = entry.after or counters(account)
+        return self._insert_keyed(
+            LEDGER.c.id,
+            user_id=account.id,
+            entry_type=entry.entry_type,
+            source=entry.source,
+            operation=entry.operation,
+            amount=entry.amount,
+            idempotency_key=entry.key or writes.key,
+            balance_credits_after=balance,
+            subscription_ops_used_after=ops_used,
+            freemium_actions_used_after=actions_used,
+            meta=entry.meta,
+            refund_of_id=entry.refund_of_id,
+            hold_key=entry.hold_key,
+            created_at=writes.at,
+        )
+
+    def _insert_keyed(self, returning: Column[Any], **values: Any) -> Any:
+        """Insert a row under its unique idempotency key; a key taken meanwhile rolls back
+        and raises KeyRaced."""
+        table = returning.table
+        stmt = insert_unless_exists(self.conn, table).values(**values).returning(returning)
+        inserted = self.conn.execute(stmt).scalar()
+        if inserted is None:
+            self.rollback()
+            raise KeyRaced(values["idempotency_key"])
+        return inserted
+
+    def rollback(self) -> None:
+        if self.conn.in_transaction():
+            self.conn.rollback()
+
+    def peek(self, user_id: int) -> tuple[AccountRow | None, datetime]:
+        # The account and its open holds in one statement (a row per hold), so in one
+        # snapshot on any dialect: two statements under PostgreSQL's READ COMMITTED could
+        # straddle a reserve's or a release's commit and count its credits twice or not at all.
+        open_holds = and_(HOLDS.c.user_id == USERS.c.id, HOLDS.c.status == HoldStatus.HELD)
+        query = (
+            select(*COLUMNS, *HOLD_COLUMNS)
+            .select_from(USERS.outerjoin(HOLDS, open_holds))
+            .where(USERS.c.id == user_id)
+        )
+        width = len(COLUMNS)
+        with self.conn.begin():
+            rows = self.conn.execute(query).all()
+            now = self._now()
+        if not rows:
+            return None, now
+        holds = [HoldRow(*row[width:]) for row in rows if row[width] is not None]
+        return AccountRow(*rows[0][:width], holds=holds), now
+
+    def find_charge(self, key: str) -> ChargeRow | None:
+        charges = select(
+            LEDGER.c.id,
+            LEDGER.c.user_id,
+            LEDGER.c.source,
+            LEDGER.c.amount,
+            LEDGER.c.operation,
+            LEDGER.c.created_at,
+        ).where(LEDGER.c.idempotency_key == key, LEDGER.c.entry_type == EntryType.CHARGE)
+        captures = (
+            select(
+                LEDGER.c.id,
+                LEDGER.c.user_id,
+                LEDGER.c.source,
+                LEDGER.c.amount,
+                LEDGER.c.operation,
+                HOLDS.c.created_at,
+            )
+            .join(HOLDS, HOLDS.c.idempotency_key == LEDGER.c.hold_key)
+            .where(
+                LEDGER.c.idempotency_key == SETTLE_PREFIX + key,
+                LEDGER.c.entry_type == EntryType.CAPTURE,
+            )
+        )
+        with self.conn.begin():
+            row = self.conn.execute(union_all(charges, captures)).first()
+        return ChargeRow(*row) if row is not None else None
+
+    def find_hold(self, key: str) -> int | None:
+        with self.conn.begin():
+            return self.conn.execute(
+                select(HOLDS.c.user_id).where(HOLDS.c.idempotency_key == key)
+            ).scalar()
+
+    def lock_unpublished(self, user_ids: Collection[int] | None, limit: int) -> list[OutboxRow]:
+        self.conn.begin()
+        query = select(
+            EVENTS.c.id,
+            EVENTS.c.event_id,
+            EVENTS.c.type,
+            EVENTS.c.user_id,
+            EVENTS.c.occurred_at,
+            EVENTS.c.data,
+        ).where(EVENTS.c.published_at.is_(None))
+        if user_ids is not None:
+            query = query.where(EVENTS.c.user_id.in_(list(user_ids)))
+        rows = self.conn.execute(
+            query.order_by(EVENTS.c.user_id, EVENTS.c.id).limit(limit).with_for_update()
+        ).all()
+        return [OutboxRow(*row) for row in rows]
+
+    def mark_published(self, ids: list[int]) -> None:
+        self.conn.execute(
+            update(EVENTS).where(EVENTS.c.id.in_(ids)).values(published_at=self._now())
+        )
+        self.conn.commit()
