@@ -6,12 +6,15 @@ from models.enums import (
     HOLD_ENTRY_TYPES,
     EntryType,
     EventType,
+    GrantCategory,
+    GrantStatus,
     HoldStatus,
     LedgerSource,
     Operation,
     UserRole,
 )
 from models.event import Event
+from models.grant import CreditGrant
 from models.hold import Hold
 from models.job_run import JobRun
 from models.ledger import LedgerEntry
@@ -23,9 +26,12 @@ __all__ = [
     "AllowanceReset",
     "Base",
     "BillingRequest",
+    "CreditGrant",
     "EntryType",
     "Event",
     "EventType",
+    "GrantCategory",
+    "GrantStatus",
     "Hold",
     "HoldStatus",
     "JobRun",

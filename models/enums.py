@@ -21,6 +21,9 @@ class EntryType(enum.StrEnum):
     CAPTURE = "capture"
     RELEASE = "release"
     EXPIRE = "expire"
+    # A grant's life after it is made: what is left of it expires, or an operator voids it.
+    EXPIRY = "expiry"
+    VOID = "void"
 
 
 # The entry types that belong to a hold (and carry its key in ``hold_key``).
@@ -44,6 +47,8 @@ class EventType(enum.StrEnum):
     SUBSCRIPTION_EXPIRING = "subscription.expiring"
     SUBSCRIPTION_EXPIRED = "subscription.expired"
     HOLD_EXPIRED = "hold.expired"
+    CREDITS_EXPIRING = "credits.expiring"
+    CREDITS_EXPIRED = "credits.expired"
 
 
 class LedgerSource(enum.StrEnum):
@@ -75,3 +80,20 @@ ledger_source_enum = pg_enum(LedgerSource, "ledger_source_enum")
 ledger_operation_enum = pg_enum(Operation, "ledger_operation_enum")
 hold_status_enum = pg_enum(HoldStatus, "hold_status_enum")
 event_type_enum = pg_enum(EventType, "billing_event_type_enum")
+
+
+class GrantCategory(enum.StrEnum):
+    """What a grant's credits are: bought, or given. Promotional credits are drawn first."""
+
+    PAID = "paid"
+    PROMOTIONAL = "promotional"
+
+
+class GrantStatus(enum.StrEnum):
+    ACTIVE = "active"
+    EXPIRED = "expired"
+    VOIDED = "voided"
+
+
+credit_category_enum = pg_enum(GrantCategory, "credit_category_enum")
+grant_status_enum = pg_enum(GrantStatus, "grant_status_enum")

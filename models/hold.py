@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import CheckConstraint, DateTime, ForeignKey, Index, Integer, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from models.base import Base, BigId
+from models.base import Base, BigId, JsonDocument
 from models.enums import (
     HoldStatus,
     LedgerSource,
@@ -69,3 +70,5 @@ class Hold(Base):
     settled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # What a capture kept; the rest of the hold went back to its source.
     captured: Mapped[int | None] = mapped_column(Integer)
+    # For a credits hold, the grants its amount came from (``credits_ledger.credit_parts``).
+    credit_parts: Mapped[list[dict[str, Any]] | None] = mapped_column(JsonDocument)

@@ -16,7 +16,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from models.base import Base, BigId
+from models.base import Base, BigId, JsonDocument
 from models.enums import (
     EntryType,
     LedgerSource,
@@ -25,6 +25,8 @@ from models.enums import (
     ledger_operation_enum,
     ledger_source_enum,
 )
+
+CLOSURES = text("entry_type IN ('expiry', 'void')")
 
 
 class LedgerEntry(Base):
@@ -43,6 +45,19 @@ class LedgerEntry(Base):
         CheckConstraint(
             "(entry_type IN ('hold', 'capture', 'release', 'expire')) = (hold_key IS NOT NULL)",
             name="hold_entry_links_its_hold",
+        ),
+        CheckConstraint(
+            "entry_type NOT IN ('expiry', 'void') OR grant_key IS NOT NULL",
+            name="grant_entry_names_its_grant",
+        ),
+        # What expired or was voided, summed on every metrics scrape: a few rows of a large
+        # ledger, read from this index alone.
+        Index(
+            "ix_credits_ledger_closures",
+            "entry_type",
+            "amount",
+            postgresql_where=CLOSURES,
+            sqlite_where=CLOSURES,
         ),
         # A charge is refunded at most once; only refunds carry refund_of_id.
         Index(
@@ -75,6 +90,13 @@ class LedgerEntry(Base):
     hold_key: Mapped[str | None] = mapped_column(
         String(320), ForeignKey("billing_holds.idempotency_key", ondelete="RESTRICT")
     )
+    # The grant a grant, expiry or void row is about.
+    grant_key: Mapped[str | None] = mapped_column(
+        String(320), ForeignKey("credit_grants.idempotency_key", ondelete="RESTRICT")
+    )
+    # What a credits movement drew from, or gave back to, each grant:
+    # ``[{"grant": key or null (the general balance), "amount": n}]``.
+    credit_parts: Mapped[list[dict[str, Any]] | None] = mapped_column(JsonDocument)
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()
     )
