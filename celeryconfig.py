@@ -81,6 +81,12 @@ beat_schedule = {
         "schedule": _settings.hold_sweep_seconds,
         "options": {"expires": _settings.hold_sweep_seconds},
     },
+    # Grants of accounts nobody touches: every movement expires its account's due grants first.
+    "expire-grants": {
+        "task": "billing.expire_grants",
+        "schedule": _settings.grant_sweep_seconds,
+        "options": {"expires": _settings.grant_sweep_seconds},
+    },
     # The relay's safety net: events a crash left unpublished after their commit.
     "publish-events": {
         "task": "billing.publish_events",

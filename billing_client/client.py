@@ -4,6 +4,7 @@ import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from celery import Celery
@@ -301,7 +302,18 @@ class BillingClient:
         idempotency_key: str,
         meta: dict[str, Any] | None = None,
         timeout: float | None = None,
+        *,
+        expires_at: datetime | str | None = None,
+        priority: int | None = None,
+        category: str | None = None,
     ) -> BillingResult:
+        """A grant: ``expires_at`` (an aware datetime or ISO-8601 text with its offset; absent,
+        never), ``priority`` (0-100, default 50, lower drawn first), ``category`` (``paid``,
+        the default, or ``promotional``, drawn first among equals)."""
+        if isinstance(expires_at, datetime):
+            if expires_at.tzinfo is None:
+                raise ValueError("expires_at must be timezone-aware")
+            expires_at = expires_at.isoformat()
         return self.call(
             names.GRANT_CREDITS,
             timeout,
@@ -309,7 +321,16 @@ class BillingClient:
             amount=amount,
             idempotency_key=idempotency_key,
             meta=meta,
+            expires_at=expires_at,
+            priority=priority,
+            category=category,
         )
+
+    def void_grant(
+        self, idempotency_key: str, reason: str | None = None, timeout: float | None = None
+    ) -> BillingResult:
+        """Remove what is left of the grant made under ``idempotency_key``."""
+        return self.call(names.VOID_GRANT, timeout, idempotency_key=idempotency_key, reason=reason)
 
     def activate_subscription(
         self,

@@ -9,6 +9,7 @@ RESERVE_BATCH = "billing.reserve_batch"
 GET_STATE = "billing.get_state"
 GET_LEDGER = "billing.get_ledger"
 GRANT_CREDITS = "billing.grant_credits"
+VOID_GRANT = "billing.void_grant"
 ACTIVATE_SUBSCRIPTION = "billing.activate_subscription"
 REFUND = "billing.refund"
 RESET_DUE_LIMITS = "billing.reset_due_limits"
@@ -19,13 +20,16 @@ RESERVE_ASSISTANT = "billing.reserve_assistant"
 CAPTURE = "billing.capture"
 RELEASE = "billing.release"
 EXPIRE_HOLDS = "billing.expire_holds"
+EXPIRE_GRANTS = "billing.expire_grants"
 PUBLISH_EVENTS = "billing.publish_events"
 ANNOUNCE_SUBSCRIPTIONS = "billing.announce_subscriptions"
 PRUNE_EVENTS = "billing.prune_events"
 
 # Tasks that mint or move money outside a job, and the back office's jobs: routed to
 # BILLING_ADMIN_QUEUE, and refused (403 forbidden_queue) when they arrive on any other queue.
-PRIVILEGED = frozenset({GRANT_CREDITS, ACTIVATE_SUBSCRIPTION, REFUND, SYNC_TIER_LIMITS, AUDIT})
+PRIVILEGED = frozenset(
+    {GRANT_CREDITS, VOID_GRANT, ACTIVATE_SUBSCRIPTION, REFUND, SYNC_TIER_LIMITS, AUDIT}
+)
 
 # A message header: when the producer sent it (Unix time), for the workers' queue-wait metric.
 SENT_AT_HEADER = "billing_sent_at"

@@ -117,6 +117,7 @@ def run(charges: int = 60, concurrency: int = 2) -> int:
         print(f"  worker ({concurrency} processes) and beat running; logs in {log}")
         outcomes = _drive(app, accounts, charges, run_id)
         held = _holds(app, accounts["pipeline with holds"]["id"], run_id)
+        granted = _expiring_grant(app, accounts["pipeline with holds"]["id"], run_id)
         # The beat announces ended subscriptions every BILLING_SUBSCRIPTION_SWEEP_SECONDS;
         # the demo asks once now rather than wait for it.
         app.send_task(names.ANNOUNCE_SUBSCRIPTIONS).get(timeout=60)
@@ -127,6 +128,7 @@ def run(charges: int = 60, concurrency: int = 2) -> int:
         )
     _report(outcomes, state, ledger)
     _report_holds(held)
+    _report_grant(granted)
     _report_events(db_url, accounts)
     print(f"\nworker and beat stopped; demo took {time.monotonic() - started:.1f}s")
     return 0
@@ -182,6 +184,56 @@ def _holds(app, user: int, run_id: int) -> list[tuple[str, dict]]:
     late.setdefault("state", send(names.GET_STATE, user_id=user).get("state"))
     steps.append(("a late capture of job 3", late))
     return steps
+
+
+# The promotional credits the demo grants expire this soon (a real campaign: days or weeks).
+DEMO_GRANT_TTL = 2
+
+
+def _expiring_grant(app, user: int, run_id: int) -> list[tuple[str, dict]]:
+    """Promotional credits that expire while the demo runs: drawn first, then gone."""
+
+    def send(task: str, **kwargs: Any) -> dict:
+        return app.send_task(task, kwargs=kwargs).get(timeout=60)
+
+    key = f"demo-{run_id}-promo"
+    expires_at = (datetime.now(UTC) + timedelta(seconds=DEMO_GRANT_TTL)).isoformat()
+    steps = [
+        (
+            f"grant 15 promotional ({DEMO_GRANT_TTL} s to live)",
+            send(
+                names.GRANT_CREDITS,
+                user_id=user,
+                amount=15,
+                idempotency_key=key,
+                expires_at=expires_at,
+                category="promotional",
+            ),
+        ),
+        (
+            "assistant call, cost 5",
+            send(names.CHARGE_ASSISTANT, user_id=user, idempotency_key=f"{key}-use", cost=5),
+        ),
+    ]
+    time.sleep(DEMO_GRANT_TTL + 0.5)
+    steps.append(("the grant expired; later", send(names.GET_STATE, user_id=user)))
+    return steps
+
+
+def _report_grant(steps: list[tuple[str, dict]]) -> None:
+    print("\npromotional credits that expire (drawn first, then what is left expires):")
+    for step, answer in steps:
+        credits = (answer.get("state") or {}).get("credits", {})
+        if "credits_drawn" in answer:
+            what = "drew " + ", ".join(
+                f"{part['amount']} from {part['grant'] or 'the general balance'}"
+                for part in answer["credits_drawn"]
+            )
+        elif "grant" in answer:
+            what = f"grant {answer['grant']['key']}, expires {answer['grant']['expires_at']}"
+        else:
+            what = f"{len(credits.get('grants', []))} live grants"
+        print(f"  {step:<34} {what:<58} balance {credits.get('balance', '')}")
 
 
 def plan(ids: list[int], charges: int, run_id: int) -> list[tuple[str, dict[str, Any]]]:

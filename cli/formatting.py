@@ -8,8 +8,15 @@ from typing import Any
 
 
 def event_subject(data: dict[str, Any]) -> str:
-    """What an event is about, in a word: its hold, its subscription's end, or its movement."""
-    return data.get("hold_key") or data.get("ends_at") or data.get("idempotency_key") or ""
+    """What an event is about, in a word: its hold, its grant, its subscription's end, or its
+    movement."""
+    return (
+        data.get("hold_key")
+        or data.get("grant")
+        or data.get("ends_at")
+        or data.get("idempotency_key")
+        or ""
+    )
 
 
 def format_state(result: dict[str, Any]) -> str:
@@ -52,3 +59,23 @@ def format_ledger_rows(entries: Sequence[dict[str, Any]]) -> list[str]:
             f"{e['idempotency_key']}"
         )
     return lines
+
+
+def format_grants(result: dict[str, Any]) -> str:
+    """An account's live grants in draw order, then what is left of the general balance."""
+    credits = result["credits"]
+    lines = [f"{'key':<40} {'remaining':>10}  {'expires_at':<32} {'priority':>8}  category"]
+    in_grants = 0
+    for g in credits["grants"]:
+        in_grants += g["remaining"]
+        lines.append(
+            f"{g['key']:<40} {g['remaining']:>10}  {g['expires_at'] or 'never':<32}"
+            f" {g['priority']:>8}  {g['category']}"
+        )
+    if not credits["grants"]:
+        lines = ["(no live grants)"]
+    lines.append(f"balance {credits['balance']}, of which general {credits['balance'] - in_grants}")
+    expiring = credits.get("expiring")
+    if expiring:
+        lines.append(f"expiring soonest: {expiring['amount']} at {expiring['at']}")
+    return "\n".join(lines)

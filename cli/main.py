@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -16,7 +17,7 @@ from sqlalchemy.exc import OperationalError
 from billing.core.validation import InvalidRequest, error_message
 from billing.storage.engine import mask_url
 from billing_client import rabbitmq
-from cli.formatting import event_subject, format_ledger_rows, format_state
+from cli.formatting import event_subject, format_grants, format_ledger_rows, format_state
 from cli.processes import BrokerUnreachable
 
 
@@ -87,11 +88,37 @@ def _cmd_grant(args: argparse.Namespace) -> int:
     from billing.core.validation import GrantArgs
     from billing.movements import grants
 
-    parsed = GrantArgs.parse(
-        (), {"user_id": args.user_id, "amount": args.amount, "idempotency_key": args.key}
-    )
-
+    expires_at = args.expires_at
+    if args.expires_in_days is not None:
+        if args.expires_in_days <= 0:
+            raise InvalidRequest("expires_in_days", "must be more than 0")
+        expires_at = (datetime.now(UTC) + timedelta(days=args.expires_in_days)).isoformat()
+    request = {"user_id": args.user_id, "amount": args.amount, "idempotency_key": args.key}
+    request.update(expires_at=expires_at, priority=args.priority, category=args.category)
+    parsed = GrantArgs.parse((), request)
     result = _on_store(grants.grant, parsed)
+    return _print(result, args.json, _format_movement)
+
+
+def _cmd_grants(args: argparse.Namespace) -> int:
+    from billing.core.validation import UserArgs
+    from billing.movements import accounts
+
+    parsed = UserArgs.parse((), {"user_id": args.user_id})
+    result = _on_store(accounts.get_state, parsed)
+    if result.get("ok"):
+        result = {**result, "credits": result["state"]["credits"]}
+        if args.json:
+            result = {k: result[k] for k in ("ok", "code", "credits")}
+    return _print(result, args.json, format_grants)
+
+
+def _cmd_void_grant(args: argparse.Namespace) -> int:
+    from billing.core.validation import VoidGrantArgs
+    from billing.movements import grants
+
+    parsed = VoidGrantArgs.parse((), {"idempotency_key": args.key, "reason": args.reason})
+    result = _on_store(grants.void, parsed)
     return _print(result, args.json, _format_movement)
 
 
@@ -487,8 +514,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("user_id", type=int)
     p.add_argument("amount", type=int)
     p.add_argument("--key", required=True, help="idempotency key, e.g. the payment's id")
+    expiry = p.add_mutually_exclusive_group()
+    expiry.add_argument("--expires-at", help="ISO-8601 instant with its UTC offset")
+    expiry.add_argument("--expires-in-days", type=float, help="expires this many days from now")
+    p.add_argument("--priority", type=int, help="0-100, lower drawn first (default: 50)")
+    p.add_argument("--category", choices=["paid", "promotional"], help="default: paid")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_cmd_grant)
+
+    p = sub.add_parser("grants", help="an account's live grants, in the order they are drawn")
+    p.add_argument("user_id", type=int)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_cmd_grants)
+
+    p = sub.add_parser("void-grant", help="remove what is left of a grant")
+    p.add_argument("key", help="the grant's idempotency key")
+    p.add_argument("--reason", help="recorded in the ledger row's meta")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_cmd_void_grant)
 
     p = sub.add_parser("demo", help="migrate, start a worker and beat, drive demo charges")
     p.add_argument("--charges", type=int, default=60, help="charges to send (default: 60)")

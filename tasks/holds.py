@@ -99,3 +99,17 @@ def expire_due_holds(settings: Settings) -> dict[str, Any]:
 @app.task(bind=True, base=BillingTask, name=names.EXPIRE_HOLDS, time_limit=SWEEP_TIME_LIMIT)
 def expire_holds(self: BillingTask, *args: Any, **unknown: Any) -> results.Result:
     return self.execute_sweep(args, unknown, expire_due_holds, runs.EXPIRE_HOLDS)
+
+
+def expire_due_grants(settings: Settings) -> dict[str, Any]:
+    """Expire every grant whose time has come and announce the ones about to, then publish
+    the events that recorded."""
+    totals: dict[str, Any] = expiry.expire_grants(get_engine(), settings)
+    if totals["events"]:
+        totals["published"] = events.publish_all()["published"]
+    return totals
+
+
+@app.task(bind=True, base=BillingTask, name=names.EXPIRE_GRANTS, time_limit=SWEEP_TIME_LIMIT)
+def expire_grants(self: BillingTask, *args: Any, **unknown: Any) -> results.Result:
+    return self.execute_sweep(args, unknown, expire_due_grants, runs.EXPIRE_GRANTS)

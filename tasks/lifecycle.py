@@ -8,7 +8,13 @@ from sqlalchemy.orm import Session
 
 from billing.core import results
 from billing.core.settings import Settings
-from billing.core.validation import AuditArgs, GrantArgs, RefundArgs, SubscriptionArgs
+from billing.core.validation import (
+    AuditArgs,
+    GrantArgs,
+    RefundArgs,
+    SubscriptionArgs,
+    VoidGrantArgs,
+)
 from billing.jobs import resets, runs, tiers
 from billing.movements import grants, refunds, subscriptions
 from billing.reads import audit
@@ -26,15 +32,26 @@ def grant_credits(
     amount: Any = None,
     idempotency_key: Any = None,
     meta: Any = None,
+    expires_at: Any = None,
+    priority: Any = None,
+    category: Any = None,
     **unknown: Any,
 ) -> results.Result:
     kwargs = {"user_id": user_id, "amount": amount, "idempotency_key": idempotency_key}
-    return self.execute(
-        GrantArgs,
-        args,
-        {**kwargs, "meta": meta, **unknown},
-        grants.grant,
-    )
+    kwargs.update(meta=meta, expires_at=expires_at, priority=priority, category=category)
+    return self.execute(GrantArgs, args, {**kwargs, **unknown}, grants.grant)
+
+
+@app.task(bind=True, base=BillingTask, name=names.VOID_GRANT)
+def void_grant(
+    self: BillingTask,
+    *args: Any,
+    idempotency_key: Any = None,
+    reason: Any = None,
+    **unknown: Any,
+) -> results.Result:
+    kwargs = {"idempotency_key": idempotency_key, "reason": reason, **unknown}
+    return self.execute(VoidGrantArgs, args, kwargs, grants.void)
 
 
 @app.task(bind=True, base=BillingTask, name=names.ACTIVATE_SUBSCRIPTION)

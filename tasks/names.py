@@ -8,6 +8,7 @@ from billing_client.names import (
     CHARGE_ASSISTANT,
     CHARGE_BATCH,
     CHARGE_GENERATION,
+    EXPIRE_GRANTS,
     EXPIRE_HOLDS,
     GET_LEDGER,
     GET_STATE,
@@ -22,6 +23,7 @@ from billing_client.names import (
     RESERVE_GENERATION,
     RESET_DUE_LIMITS,
     SYNC_TIER_LIMITS,
+    VOID_GRANT,
 )
 
 __all__ = [
@@ -32,6 +34,7 @@ __all__ = [
     "CHARGE_ASSISTANT",
     "CHARGE_BATCH",
     "CHARGE_GENERATION",
+    "EXPIRE_GRANTS",
     "EXPIRE_HOLDS",
     "GET_LEDGER",
     "GET_STATE",
@@ -46,4 +49,5 @@ __all__ = [
     "RESERVE_GENERATION",
     "RESET_DUE_LIMITS",
     "SYNC_TIER_LIMITS",
+    "VOID_GRANT",
 ]

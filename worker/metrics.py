@@ -156,7 +156,7 @@ class StateCollector:
         return self._engine
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import GaugeMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         from billing.reads import status
 
@@ -186,6 +186,16 @@ class StateCollector:
                 "billing_events_oldest_pending_age_seconds",
                 "Age of the oldest unpublished balance event (0: none)",
                 value=state["events_oldest_pending_age_seconds"],
+            )
+            yield CounterMetricFamily(
+                "billing_credits_expired",
+                "Credits that expired with their grant (or came back to an expired grant)",
+                value=state["credits_expired"],
+            )
+            yield CounterMetricFamily(
+                "billing_credits_voided",
+                "Credits removed by voiding their grant",
+                value=state["credits_voided"],
             )
             last = GaugeMetricFamily(
                 "billing_beat_last_success_timestamp_seconds",

@@ -12,7 +12,10 @@ expiries brought it up to date) with the account after them:
 - ``credits.depleted``: the balance fell from above 0 to 0;
 - ``freemium.exhausted`` / ``subscription.exhausted``: the period's last free action or
   subscription operation was taken (at most once per period);
-- ``hold.expired``: a hold expired (from any movement on the account, or the sweep).
+- ``hold.expired``: a hold expired (from any movement on the account, or the sweep);
+- ``credits.expired``: a grant expired with something left (its amount);
+- ``credits.expiring``: a grant with something left comes within
+  ``BILLING_CREDIT_EXPIRY_NOTICE_DAYS`` of its ``expires_at`` (once per grant).
 
 ``subscription.expiring`` and ``subscription.expired`` come from the clock, not a movement:
 the subscription sweep (``billing.jobs.outbox.announce_subscriptions``) records them.
@@ -30,8 +33,8 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from billing.core import rules
-from billing.core.records import AccountRow, Entry, Event
+from billing.core import credits, rules
+from billing.core.records import AccountRow, Entry, Event, GrantRow
 from billing.core.settings import Settings
 from models import EntryType, EventType
 
@@ -76,6 +79,7 @@ def detect(
     key: str | None = None,
     before: Levels | None = None,
     entries: Iterable[Entry] = (),
+    notices: Iterable[GrantRow] = (),
 ) -> list[Event]:
     """The events of one movement on the locked account, in the order they happened: the holds
     bringing it up to date expired (``entries``), then what its rules crossed since
@@ -92,6 +96,23 @@ def detect(
                 "idempotency_key": entry.key,
             }
             found.append((EventType.HOLD_EXPIRED, entry.hold_key, hold))
+        grant = entry.grant_key
+        if (
+            entry.entry_type == EntryType.EXPIRY
+            and grant is not None
+            and entry.key == credits.expiry_key(grant)
+            and entry.amount > 0
+        ):
+            expired = {"grant": grant, "amount": entry.amount, "idempotency_key": entry.key}
+            found.append((EventType.CREDITS_EXPIRED, f"grant:{grant}", expired))
+    for notified in notices:
+        assert notified.expires_at is not None
+        expiring = {
+            "grant": notified.key,
+            "remaining": notified.remaining,
+            "expires_at": stamp(notified.expires_at),
+        }
+        found.append((EventType.CREDITS_EXPIRING, f"grant:{notified.key}", expiring))
     if before is not None and key is not None:
         found.extend(_crossings(account, now, settings, key, before))
     if not found:

@@ -12,7 +12,72 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
-from models import EntryType, EventType, HoldStatus, LedgerSource, Operation
+from models import (
+    EntryType,
+    EventType,
+    GrantCategory,
+    GrantStatus,
+    HoldStatus,
+    LedgerSource,
+    Operation,
+)
+
+
+@dataclass(frozen=True)
+class Part:
+    """What one credits movement took from (or gave back to) one grant; ``grant`` None is the
+    account's general balance, the part no grant accounts for."""
+
+    grant: str | None
+    amount: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {"grant": self.grant, "amount": self.amount}
+
+
+def parts_from_json(value: Any) -> tuple[Part, ...]:
+    """Parts as a store reads them (``credit_parts``: a JSON array, or NULL)."""
+    return tuple(Part(item["grant"], int(item["amount"])) for item in value or ())
+
+
+def parts_json(parts: tuple[Part, ...] | list[Part]) -> list[dict[str, Any]] | None:
+    return [part.as_json() for part in parts] if parts else None
+
+
+@dataclass
+class GrantRow:
+    """A credit grant as the rules see it (``credit_grants``). ``remaining`` is net of what
+    open holds keep from it, as the account's balance is; ``new`` marks a grant this
+    movement made, which the store inserts."""
+
+    key: str
+    amount: int
+    remaining: int
+    expires_at: datetime | None
+    priority: int
+    category: GrantCategory
+    created_at: datetime
+    status: GrantStatus = GrantStatus.ACTIVE
+    closed_at: datetime | None = None
+    expiring_notified_at: datetime | None = None
+    id: int | None = None
+    new: bool = False
+
+
+# The credit_grants columns a GrantRow is read from, in its fields' order.
+GRANT_COLUMNS = (
+    "idempotency_key",
+    "amount",
+    "remaining",
+    "expires_at",
+    "priority",
+    "category",
+    "created_at",
+    "status",
+    "closed_at",
+    "expiring_notified_at",
+    "id",
+)
 
 
 @dataclass(frozen=True)
@@ -27,6 +92,8 @@ class HoldRow:
     expires_at: datetime
     status: HoldStatus = HoldStatus.HELD
     captured: int | None = None
+    # A credits hold's parts: which grants its amount came from.
+    parts: tuple[Part, ...] = ()
 
 
 @dataclass
@@ -46,10 +113,12 @@ class AccountRow:
     balance_credits: int
     # The open holds, and the closed hold a capture or release names; not a users column.
     holds: list[HoldRow] = field(default_factory=list, compare=False, repr=False)
+    # The active grants, and the closed ones a hold or a refund names; not a users column.
+    grants: list[GrantRow] = field(default_factory=list, compare=False, repr=False)
 
 
 # The users columns of an AccountRow, in order.
-ACCOUNT_COLUMNS = tuple(f.name for f in fields(AccountRow) if f.name != "holds")
+ACCOUNT_COLUMNS = tuple(f.name for f in fields(AccountRow) if f.name not in ("holds", "grants"))
 
 
 @dataclass(frozen=True)
@@ -91,6 +160,7 @@ HOLD_COLUMNS = (
     "expires_at",
     "status",
     "captured",
+    "credit_parts",
 )
 
 # balance_credits, subscription_ops_used, freemium_actions_used: an account's counters.
@@ -115,6 +185,9 @@ class Entry:
     key: str | None = None
     hold_key: str | None = None
     after: Counters | None = None
+    # The grant a grant, expiry or void row is about; a credits movement's parts.
+    grant_key: str | None = None
+    parts: tuple[Part, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -167,8 +240,12 @@ class Writes:
     changed: bool = False
     resets: list[Restored] = field(default_factory=list)
     holds: list[HoldChange] = field(default_factory=list)
+    # Grants inserted (``new``) or changed, written before the ledger rows that name them.
+    grants: list[GrantRow] = field(default_factory=list)
     entries: list[Entry] = field(default_factory=list)
     entry: Entry | None = None
+    # Written just after ``entry`` (a release's write-offs of parts whose grant has closed).
+    trailing: list[Entry] = field(default_factory=list)
     outcome: StoredOutcome | None = None
     events: list[Event] = field(default_factory=list)
 
@@ -184,3 +261,5 @@ class ChargeRow:
     amount: int
     operation: Operation | None
     created_at: datetime
+    # What it drew from each grant (a credits charge, or a captured credits hold).
+    parts: tuple[Part, ...] = ()

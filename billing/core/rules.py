@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from billing.core import credits
 from billing.core.records import AccountRow, HoldRow, Restored
 from billing.core.settings import Settings
 from models import HoldStatus, LedgerSource, Operation, UserRole
@@ -223,7 +224,7 @@ def account_state(user: AccountRow, now: datetime, settings: Settings) -> dict[s
             "remaining": max(freemium_limit - user.freemium_actions_used, 0),
             "resets_at": _iso(as_utc(user.freemium_reset_at) + period),
         },
-        "credits": {"balance": user.balance_credits},
+        "credits": credits.state(user),
         # Taken by open holds: already out of the remaining figures above.
         "held": held(user),
     }

@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     # movement on an account expires its due holds first anyway.
     hold_ttl_seconds: int = Field(default=900, ge=1, le=86_400)
     hold_sweep_seconds: float = Field(default=30.0, gt=0)
+    # Credit grants: ``credits.expiring`` is recorded once per grant this many days before its
+    # ``expires_at``; the beat's sweep expires grants nobody's movement touched this often.
+    credit_expiry_notice_days: float = Field(default=7, ge=0)
+    grant_sweep_seconds: float = Field(default=60.0, gt=0)
     # Balance events (the outbox, ``billing.core.events``): recorded with the movement that caused
     # them, published as Celery task messages named events_task to events_queue right after
     # the commit; the beat's relay sweep publishes what a crash left behind, announces

@@ -7,6 +7,7 @@ Strict types: JSON gives us ints, and a bool, float or numeric string is not an 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -22,6 +23,8 @@ MAX_LEDGER_PAGE = 200
 MAX_GRANT = 100_000_000
 MAX_SUBSCRIPTION_DAYS = 3660
 MAX_HOLD_TTL_SECONDS = 86_400
+# A grant's priority when it names none; lower is drawn first (``billing.core.credits``).
+DEFAULT_PRIORITY = 50
 # Refunds and resets write ledger rows under keys of their own; producers cannot forge them.
 RESERVED_KEY_PREFIX = "billing:"
 
@@ -129,6 +132,50 @@ class ChargeArgs(ShapeArgs, MetaArgs, KeyArgs, UserArgs):
 
 class GrantArgs(MetaArgs, KeyArgs, UserArgs):
     amount: int = Field(gt=0, le=MAX_GRANT)
+    # An ISO-8601 instant with a UTC offset (later than now: the frame checks it against the
+    # database's clock); absent, the grant never expires.
+    expires_at: datetime | None = None
+    priority: int = Field(default=DEFAULT_PRIORITY, ge=0, le=100)
+    category: Literal["paid", "promotional"] = "paid"
+
+    @field_validator("expires_at", mode="before")
+    @classmethod
+    def _expires_at(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise ValueError("expires_at must be an ISO-8601 instant with a UTC offset")
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError("expires_at must be an ISO-8601 instant with a UTC offset") from None
+        if parsed.tzinfo is None or parsed.utcoffset() is None:
+            raise ValueError("expires_at must have a UTC offset (e.g. +00:00 or Z)")
+        return parsed.astimezone(UTC)
+
+    @property
+    def fingerprint(self) -> str:
+        """The grant's terms as the key remembers them: a resend that changes them is a 409.
+        Empty for a grant with none of them set, so keys from before grants still match."""
+        if (
+            self.expires_at is None
+            and self.priority == DEFAULT_PRIORITY
+            and self.category == "paid"
+        ):
+            return ""
+        expires = self.expires_at.isoformat() if self.expires_at is not None else "never"
+        return f"{expires}|{self.priority}|{self.category}"
+
+
+class VoidGrantArgs(KeyArgs):
+    """``billing.void_grant``: the grant's own key."""
+
+    reason: str | None = Field(default=None, max_length=500)
+
+    @field_validator("reason")
+    @classmethod
+    def _reason(cls, value: str | None) -> str | None:
+        return None if value is None else _storable_text(value, "reason")
 
 
 class SubscriptionArgs(KeyArgs, UserArgs):

@@ -12,11 +12,12 @@ ledger key would refuse a second one anyway.
 from __future__ import annotations
 
 import dataclasses
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Engine
 
-from billing.core import events, rules
+from billing.core import credits, events, rules
 from billing.core.settings import Settings
 from billing.movements import frame
 from billing.storage.sqlalchemy_store import SqlStore
@@ -26,28 +27,62 @@ BATCH = 500
 
 
 def expire_holds(engine: Engine, settings: Settings, batch: int = BATCH) -> dict[str, Any]:
+    """Expire every due hold of accounts nobody touches."""
+    return _sweep(engine, settings, batch, grants=False)
+
+
+def expire_grants(engine: Engine, settings: Settings, batch: int = BATCH) -> dict[str, Any]:
+    """Expire every grant whose ``expires_at`` has come, on accounts nobody touches: what is
+    left of it leaves the balance, with its ``expiry`` ledger row."""
+    return _sweep(engine, settings, batch, grants=True)
+
+
+def _sweep(engine: Engine, settings: Settings, batch: int, *, grants: bool) -> dict[str, Any]:
     totals = {"expired": 0, "accounts": 0, "batches": 0, "events": 0}
+    if grants:
+        totals["credits_expired"] = 0
     after = 0
     with engine.connect() as conn:
         store = SqlStore(conn)
         try:
             while True:
-                accounts, clock = store.lock_due(after, batch)
+                notice = timedelta(days=settings.credit_expiry_notice_days) if grants else None
+                accounts, clock = store.lock_due(after, batch, grants=notice)
                 for account in accounts:
                     before = dataclasses.replace(account)
+                    grants_before = {g.key: dataclasses.replace(g) for g in account.grants}
                     now = rules.effective_now(account, clock)
                     update = frame.bring_up_to_date(account, now, settings)
                     changed = account != before
-                    found = events.detect(account, now, settings, entries=update.entries)
+                    found = events.detect(
+                        account, now, settings, entries=update.entries, notices=update.notices
+                    )
                     store.write_rows(
                         frame.writes_for(
-                            account.id, None, now, account, changed, update, events=found
+                            account.id,
+                            None,
+                            now,
+                            account,
+                            changed,
+                            update,
+                            events=found,
+                            grants=frame.changed_grants(account, grants_before),
                         )
                     )
                     totals["events"] += len(found)
-                    totals["expired"] += sum(
-                        1 for change in update.holds if change.hold.status == HoldStatus.EXPIRED
-                    )
+                    if grants:
+                        # A grant's own expiry, not a part a hold gave back and wrote off.
+                        expiries = [
+                            e
+                            for e in update.entries
+                            if e.grant_key is not None and e.key == credits.expiry_key(e.grant_key)
+                        ]
+                        totals["expired"] += len(expiries)
+                        totals["credits_expired"] += sum(e.amount for e in expiries)
+                    else:
+                        totals["expired"] += sum(
+                            1 for change in update.holds if change.hold.status == HoldStatus.EXPIRED
+                        )
                 conn.commit()
                 totals["batches"] += 1
                 totals["accounts"] += len(accounts)

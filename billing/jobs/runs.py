@@ -21,6 +21,7 @@ RUNS = JobRun.__table__
 # The jobs whose runs are recorded; their names are the metrics' `job` label values.
 RESET_DUE_LIMITS = "reset_due_limits"
 EXPIRE_HOLDS = "expire_holds"
+EXPIRE_GRANTS = "expire_grants"
 AUDIT = "audit"
 PUBLISH_EVENTS = "publish_events"
 ANNOUNCE_SUBSCRIPTIONS = "announce_subscriptions"
@@ -29,6 +30,7 @@ SYNC_TIER_LIMITS = "sync_tier_limits"
 JOBS = (
     RESET_DUE_LIMITS,
     EXPIRE_HOLDS,
+    EXPIRE_GRANTS,
     AUDIT,
     PUBLISH_EVENTS,
     ANNOUNCE_SUBSCRIPTIONS,

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from billing.core import results, rules
+from billing.core import credits, results, rules
 from billing.core.records import AccountRow
 from billing.core.settings import Settings
 from billing.core.validation import UserArgs
 from billing.movements import frame, holds
 from billing.movements.frame import Decision, Movement
 from billing.movements.store import Store
+
+
+def notice(settings: Settings) -> timedelta:
+    return timedelta(days=settings.credit_expiry_notice_days)
 
 
 class BringUpToDate(Movement):
@@ -49,8 +53,11 @@ def get_state(
     if account is None:
         return results.user_not_found(args.user_id)
     effective = rules.effective_now(account, now)
-    if not rules.refresh_changes(account, effective, settings) and not rules.due_holds(
-        account, effective
+    if (
+        not rules.refresh_changes(account, effective, settings)
+        and not rules.due_holds(account, effective)
+        and not credits.due(account, effective)
+        and not credits.to_notify(account, effective, notice(settings))
     ):
         return _state(account, now, settings, with_holds)
     outcome = frame.run(store, BringUpToDate(args.user_id, with_holds), settings)

@@ -5,14 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from billing.core import results, rules
-from billing.core.records import AccountRow, Entry
+from billing.core import credits, results, rules
+from billing.core.records import AccountRow, Entry, Part
 from billing.core.settings import Settings
 from billing.core.validation import ChargeArgs
 from billing.movements import frame
 from billing.movements.frame import Decision, Movement
 from billing.movements.store import Store
-from models import EntryType, Operation
+from models import EntryType, LedgerSource, Operation
 
 
 def default_cost(operation: Operation, settings: Settings) -> int:
@@ -21,14 +21,20 @@ def default_cost(operation: Operation, settings: Settings) -> int:
     return settings.assistant_cost
 
 
-def paid_outcome(draw: rules.Draw, key: str, state: dict[str, Any]) -> results.Result:
-    return results.success(
+def paid_outcome(
+    draw: rules.Draw, parts: list[Part], key: str, state: dict[str, Any]
+) -> results.Result:
+    outcome = results.success(
         source=str(draw.source),
         amount=draw.amount,
         idempotency_key=key,
         replayed=False,
         state=state,
     )
+    if draw.source == LedgerSource.CREDITS:
+        # What it drew from each grant, in draw order; ``grant: null`` is the general balance.
+        outcome["credits_drawn"] = [part.as_json() for part in parts]
+    return outcome
 
 
 def unpaid_outcome(
@@ -74,16 +80,35 @@ class Charge(V4Gated):
         if draw is None:
             state = rules.account_state(account, now, settings)
             return Decision(unpaid_outcome(self.kind, cost, key, state), cost=cost)
-        rules.take(account, draw)
-        return self.taken(account, draw, cost, now, settings)
+        parts: list[Part] = []
+        if draw.source == LedgerSource.CREDITS:
+            parts = credits.plan(account, draw.amount)
+            credits.take(account, parts)
+        else:
+            rules.take(account, draw)
+        return self.taken(account, draw, parts, cost, now, settings)
 
     def taken(
-        self, account: AccountRow, draw: rules.Draw, cost: int, now: datetime, settings: Settings
+        self,
+        account: AccountRow,
+        draw: rules.Draw,
+        parts: list[Part],
+        cost: int,
+        now: datetime,
+        settings: Settings,
     ) -> Decision:
-        """What taking ``draw`` from the locked account writes and answers."""
-        entry = Entry(EntryType.CHARGE, draw.source, draw.amount, self.kind, self.args.meta)
+        """What taking ``draw`` (credits: ``parts``) from the locked account writes and
+        answers."""
+        entry = Entry(
+            EntryType.CHARGE,
+            draw.source,
+            draw.amount,
+            self.kind,
+            self.args.meta,
+            parts=tuple(parts),
+        )
         state = rules.account_state(account, now, settings)
-        return Decision(paid_outcome(draw, self.key, state), entry, cost)
+        return Decision(paid_outcome(draw, parts, self.key, state), entry, cost)
 
 
 def charge(

@@ -27,21 +27,25 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from billing.core import events, results, rules, settlement
+from billing.core import credits, events, results, rules, settlement
 from billing.core.records import (
     AccountRow,
     Entry,
     Event,
+    GrantRow,
     HoldChange,
+    Part,
     Restored,
     StoredOutcome,
     Writes,
+    counters,
 )
 from billing.core.settings import Settings
 from billing.movements.store import KeyRaced, Store
+from models import EntryType, GrantStatus, LedgerSource
 
 BALANCE_LIMIT = "balance_limit"
 
@@ -66,6 +70,8 @@ class Decision:
     cost: int | None = None
     holds: list[HoldChange] = dataclasses.field(default_factory=list)
     entries: list[Entry] = dataclasses.field(default_factory=list)
+    # Rows written just after the movement's own (a release's write-offs of lapsed grants).
+    after: list[Entry] = dataclasses.field(default_factory=list)
 
 
 class Movement:
@@ -76,6 +82,8 @@ class Movement:
     operation: str  # what a repeat of the key must match, with the user and the cost
     requested_cost: int | None = None  # as the producer sent it; None when absent
     hold_key: str | None = None  # the hold a capture or release settles
+    # Grants the movement needs even when closed (a void's grant, a refund's parts' grants).
+    grant_keys: tuple[str, ...] = ()
 
     def enabled(self, settings: Settings) -> results.Result | None:
         """The refusal a disabled flag gives a new key, or None."""
@@ -130,40 +138,84 @@ class Update:
     resets: list[Restored] = dataclasses.field(default_factory=list)
     holds: list[HoldChange] = dataclasses.field(default_factory=list)
     entries: list[Entry] = dataclasses.field(default_factory=list)
+    # Grants announced as expiring soon (``credits.expiring``), once each.
+    notices: list[GrantRow] = dataclasses.field(default_factory=list)
 
 
 def bring_up_to_date(account: AccountRow, now: datetime, settings: Settings) -> Update:
-    """On the locked account: lazy resets and the tier fix, then every hold whose time is up
-    expires. Resets come first, so a hold taken in a period that has ended gives back
-    nothing, as a refund of a charge from that period would."""
+    """On the locked account: lazy resets and the tier fix, then every grant whose
+    ``expires_at`` has come expires, then every hold whose time is up. Resets come first, so a
+    hold taken in a period that has ended gives back nothing, as a refund of a charge from
+    that period would; grants before holds, so a part a hold gives back to a grant that
+    expired with it is written off at once."""
     resets = rules.refresh(account, now, settings)
+    entries = [expiry_entry(account, grant, now) for grant in credits.due(account, now)]
     expired = settlement.expire_due(account, now)
+    notices = credits.to_notify(account, now, timedelta(days=settings.credit_expiry_notice_days))
+    for grant in notices:
+        grant.expiring_notified_at = now
     return Update(
         resets,
         [settled.change for settled in expired],
-        [entry for settled in expired for entry in settled.entries],
+        entries + [entry for settled in expired for entry in settled.entries],
+        notices,
     )
 
 
+def expiry_entry(account: AccountRow, grant: GrantRow, now: datetime) -> Entry:
+    """Expire ``grant`` on the locked account: what is left of it leaves the balance."""
+    left = credits.close(account, grant, GrantStatus.EXPIRED, now)
+    return Entry(
+        EntryType.EXPIRY,
+        LedgerSource.CREDITS,
+        left,
+        key=credits.expiry_key(grant.key),
+        after=counters(account),
+        grant_key=grant.key,
+        parts=(Part(grant.key, left),),
+    )
+
+
+def changed_grants(account: AccountRow, before: dict[str, GrantRow]) -> list[GrantRow]:
+    """The grants this movement made or changed, for the store to write."""
+    return [g for g in account.grants if g.new or before.get(g.key) != g]
+
+
 def _run(store: Store, movement: Movement, settings: Settings) -> results.Result:
-    locked = store.lock(movement.user_id, movement.key, movement.hold_key)
+    locked = store.lock(movement.user_id, movement.key, movement.hold_key, movement.grant_keys)
     account, now, update, changed = locked.account, locked.now, Update(), False
+    grants_before: dict[str, GrantRow] = {}
     if account is not None:
         invalid = movement.invalid(account)
         if invalid is not None:
             raise Refused(invalid)
         before = dataclasses.replace(account)
+        grants_before = {g.key: dataclasses.replace(g) for g in account.grants}
         now = rules.effective_now(account, locked.now)
         update = bring_up_to_date(account, now, settings)
         changed = account != before
     if locked.stored is not None:
         # Answered from the outcome alone; a due reset or expiry is still stored, as every
         # read does (unless a flag is off: then nothing is written).
-        if (changed or update.holds) and movement.enabled(settings) is None:
+        if (changed or update.holds or update.entries or update.notices) and movement.enabled(
+            settings
+        ) is None:
             assert account is not None
-            found = events.detect(account, now, settings, entries=update.entries)
+            found = events.detect(
+                account, now, settings, entries=update.entries, notices=update.notices
+            )
+            grants = changed_grants(account, grants_before)
             store.write(
-                writes_for(movement.user_id, None, now, account, changed, update, events=found)
+                writes_for(
+                    movement.user_id,
+                    None,
+                    now,
+                    account,
+                    changed,
+                    update,
+                    events=found,
+                    grants=grants,
+                )
             )
         return replay(locked.stored, movement)
     refusal = movement.enabled(settings)
@@ -189,11 +241,26 @@ def _run(store: Store, movement: Movement, settings: Settings) -> results.Result
         remembered = StoredOutcome(account.id, movement.operation, decision.cost, decision.outcome)
     changed = account != before
     found = events.detect(
-        account, now, settings, key=movement.key, before=before_rules, entries=update.entries
+        account,
+        now,
+        settings,
+        key=movement.key,
+        before=before_rules,
+        entries=update.entries,
+        notices=update.notices,
     )
     ledger_id = store.write(
         writes_for(
-            account.id, movement.key, now, account, changed, update, decision, remembered, found
+            account.id,
+            movement.key,
+            now,
+            account,
+            changed,
+            update,
+            decision,
+            remembered,
+            found,
+            changed_grants(account, grants_before),
         )
     )
     if decision.entry is None:
@@ -211,12 +278,14 @@ def writes_for(
     decision: Decision | None = None,
     outcome: StoredOutcome | None = None,
     events: list[Event] | None = None,
+    grants: list[GrantRow] | None = None,
 ) -> Writes:
     """What bringing the account up to date writes, then what the movement decided, and the
     events of both."""
-    holds, entries, entry = update.holds, update.entries, None
+    holds, entries, entry, trailing = update.holds, update.entries, None, []
     if decision is not None:
         holds, entries, entry = holds + decision.holds, entries + decision.entries, decision.entry
+        trailing = decision.after
     return Writes(
         user_id,
         key,
@@ -225,8 +294,10 @@ def writes_for(
         changed=changed,
         resets=update.resets,
         holds=holds,
+        grants=grants or [],
         entries=entries,
         entry=entry,
+        trailing=trailing,
         outcome=outcome,
         events=events or [],
     )

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from billing.core import results, rules, settlement
-from billing.core.records import AccountRow, Entry, HoldChange, HoldRow
+from billing.core.records import AccountRow, Entry, HoldChange, HoldRow, Part
 from billing.core.settings import Settings
 from billing.core.validation import RESERVED_KEY_PREFIX, CaptureArgs, ReleaseArgs, ReserveArgs
 from billing.movements import frame
@@ -46,17 +46,31 @@ class Reserve(Charge):
         self.operation = PREFIX + str(operation)
 
     def taken(
-        self, account: AccountRow, draw: rules.Draw, cost: int, now: datetime, settings: Settings
+        self,
+        account: AccountRow,
+        draw: rules.Draw,
+        parts: list[Part],
+        cost: int,
+        now: datetime,
+        settings: Settings,
     ) -> Decision:
         ttl = self.args.ttl_seconds or settings.hold_ttl_seconds
+        expires_at = now + timedelta(seconds=ttl)
         hold = HoldRow(
-            self.key, self.kind, draw.source, draw.amount, now, now + timedelta(seconds=ttl)
+            self.key, self.kind, draw.source, draw.amount, now, expires_at, parts=tuple(parts)
         )
         account.holds.append(hold)
         entry = Entry(
-            EntryType.HOLD, draw.source, draw.amount, self.kind, self.args.meta, hold_key=self.key
+            EntryType.HOLD,
+            draw.source,
+            draw.amount,
+            self.kind,
+            self.args.meta,
+            hold_key=self.key,
+            parts=tuple(parts),
         )
-        outcome = paid_outcome(draw, self.key, rules.account_state(account, now, settings))
+        state = rules.account_state(account, now, settings)
+        outcome = paid_outcome(draw, parts, self.key, state)
         outcome["hold"] = hold_view(hold)
         return Decision(outcome, entry, cost, holds=[HoldChange(hold, new=True)])
 
@@ -85,15 +99,19 @@ class _Settle(V4Gated):
         self, account: AccountRow, now: datetime, settings: Settings, settled: settlement.Settled
     ) -> results.Result:
         hold = settled.change.hold
-        return results.success(
+        outcome = results.success(
             source=str(hold.source),
-            amount=settled.entries[0].amount,
+            amount=settled.entry.amount,
             returned=settled.returned,
             idempotency_key=self.hold_key,
             replayed=False,
             state=rules.account_state(account, now, settings),
             hold=hold_view(hold),
         )
+        if settled.lapsed:
+            # Given back to grants that expired or were voided meanwhile: written off at once.
+            outcome["expired"] = settled.lapsed
+        return outcome
 
     def hold(self, account: AccountRow) -> HoldRow | None:
         return next((h for h in account.holds if h.key == self.hold_key), None)
@@ -146,8 +164,9 @@ class Capture(_Settle):
         amount = hold.amount if self.requested_cost is None else self.requested_cost
         settled = settlement.settle(account, hold, HoldStatus.CAPTURED, captured=amount)
         outcome = self.settled_outcome(account, now, settings, settled)
-        entry, *rest = settled.entries
-        return Decision(outcome, entry, amount, holds=[settled.change], entries=rest)
+        return Decision(
+            outcome, settled.entry, amount, holds=[settled.change], entries=settled.before
+        )
 
 
 class Release(_Settle):
@@ -170,7 +189,7 @@ class Release(_Settle):
             outcome["note"] = (
                 f"the {hold.source} period the hold was taken in has ended; nothing returned"
             )
-        return Decision(outcome, settled.entries[0], holds=[settled.change])
+        return Decision(outcome, settled.entry, holds=[settled.change], after=settled.after)
 
 
 def list_open(account: AccountRow) -> list[dict[str, Any]]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from billing.core import results, rules
-from billing.core.records import AccountRow, ChargeRow, Entry
+from billing.core import credits, results, rules, settlement
+from billing.core.records import AccountRow, ChargeRow, Entry, Part, counters
 from billing.core.settings import Settings
 from billing.core.validation import RESERVED_KEY_PREFIX, RefundArgs
 from billing.movements import frame
@@ -36,11 +36,24 @@ class Refund(Movement):
         self.charge = charge
         self.key = refund_key(args.idempotency_key)
         self.user_id = charge.user_id
+        self.grant_keys = tuple(p.grant for p in charge.parts if p.grant is not None)
 
     def decide(self, account: AccountRow, now: datetime, settings: Settings) -> Decision:
         charge = self.charge
         restored = rules.returnable(account, charge.source, charge.amount, charge.created_at)
-        rules.give_back(account, charge.source, restored)
+        parts: tuple[Part, ...] = ()
+        lapses: list[Entry] = []
+        if charge.source == LedgerSource.CREDITS:
+            # Each part goes back to its own grant; one whose grant has expired or been voided
+            # meanwhile is written off at once (reinstated credits past their grant's expiry
+            # expire immediately).
+            parts = charge.parts or (Part(None, charge.amount),)
+            lapsed = credits.give_back(account, parts)
+            entry_after = counters(account)
+            lapses = settlement.write_offs(account, lapsed, self.key)
+        else:
+            rules.give_back(account, charge.source, restored)
+            entry_after = None
         outcome = results.success(
             source=str(charge.source),
             amount=restored,
@@ -51,9 +64,20 @@ class Refund(Movement):
             replayed=False,
             state=rules.account_state(account, now, settings),
         )
+        if lapses:
+            outcome["expired"] = sum(e.amount for e in lapses)
         meta = {"reason": self.args.reason} if self.args.reason else None
-        entry = Entry(EntryType.REFUND, charge.source, restored, charge.operation, meta, charge.id)
-        return Decision(outcome, entry)
+        entry = Entry(
+            EntryType.REFUND,
+            charge.source,
+            restored,
+            charge.operation,
+            meta,
+            charge.id,
+            after=entry_after,
+            parts=parts,
+        )
+        return Decision(outcome, entry, after=lapses)
 
 
 def refund(store: Store, args: RefundArgs, settings: Settings) -> results.Result:

@@ -29,9 +29,16 @@ class Store(Protocol):
     # The accounts this store committed events for: the relay publishes theirs next.
     event_accounts: set[int]
 
-    def lock(self, user_id: int, key: str | None, hold_key: str | None = None) -> Locked:
+    def lock(
+        self,
+        user_id: int,
+        key: str | None,
+        hold_key: str | None = None,
+        grant_keys: Collection[str] = (),
+    ) -> Locked:
         """Begin; lock the account's row and read it, its open holds (and the hold
-        ``hold_key``, open or not) and the clock; look the key up."""
+        ``hold_key``, open or not), its active grants (and, closed or not, the grants its
+        holds draw from and ``grant_keys``) and the clock; look the key up."""
 
     def write(self, writes: Writes) -> int | None:
         """Write and COMMIT; the ledger id of the entry, if any. Raises KeyRaced when the key
@@ -51,6 +58,9 @@ class Store(Protocol):
 
     def find_hold(self, key: str) -> int | None:
         """The account of the hold ``key``, which never changes, so no lock."""
+
+    def find_grant(self, key: str) -> int | None:
+        """The account of the grant ``key``, which never changes, so no lock."""
 
     def lock_unpublished(self, user_ids: Collection[int] | None, limit: int) -> list[OutboxRow]:
         """Begin; lock up to ``limit`` unpublished events (of ``user_ids`` only, if given) in

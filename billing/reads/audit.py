@@ -1,8 +1,8 @@
 """The ledger explains every account: balances and counters are the sum of their movements.
 
-- credits: ``balance_credits`` = grants + refunds + releases + expiries - charges - holds, over
-  all time (a capture moves nothing: its hold took the amount, and a partial capture's rest
-  comes back as a release);
+- credits: ``balance_credits`` = grants + refunds + releases + hold expiries - charges - holds
+  - grant expiries - voids, over all time (a capture moves nothing: its hold took the amount,
+  and a partial capture's rest comes back as a release);
 - each allowance: ``*_used`` = its charges + holds - refunds - releases - expiries since the
   current period began (``*_reset_at``). A take belongs to the period it was made in; a reset
   moves the period start past every take of the period before, and a refund, release or
@@ -15,7 +15,9 @@ of another moment is named by its ``ledger_id`` (``billing repair-ledger-chain``
 With the sums above, this also makes the newest row agree with the account.
 
 And it checks every hold against its ledger rows: an open hold has no settlement, a closed
-one has exactly the settlement its status names.
+one has exactly the settlement its status names; every grant's remaining against the parts
+its ledger rows drew and gave back (``credit_parts``); and that no account's active grants
+hold more than its balance (its general balance is never negative).
 """
 
 from __future__ import annotations
@@ -76,6 +78,88 @@ WHERE {hold_filter}
 ORDER BY h.user_id, h.idempotency_key
 """
 
+# Each grant's remaining against its ledger: its grant row, less every part drawn from it
+# (charges, holds), plus every part given back (refunds, releases, hold expiries), less what
+# expired or was voided. A capture moves nothing: its hold drew the parts.
+_PART_MOVED = """CASE WHEN l.entry_type IN ('grant', 'refund', 'release', 'expire') THEN {amount}
+        WHEN l.entry_type IN ('charge', 'hold', 'expiry', 'void') THEN -{amount} ELSE 0 END"""
+_PARTS = {
+    "postgresql": (
+        "CROSS JOIN LATERAL jsonb_array_elements(l.credit_parts) AS p(part)",
+        "p.part->>'grant'",
+        "CAST(p.part->>'amount' AS INTEGER)",
+    ),
+    "sqlite": (
+        "CROSS JOIN json_each(l.credit_parts) AS p",
+        "json_extract(p.value, '$.grant')",
+        "CAST(json_extract(p.value, '$.amount') AS INTEGER)",
+    ),
+}
+_GRANTS_SQL = """
+WITH parts AS (
+    SELECT {grant_of} AS grant_key, {moved} AS moved
+    FROM credits_ledger AS l {each_part}
+    WHERE l.credit_parts IS NOT NULL AND l.source = 'credits' {ledger_filter}
+), drawn AS (
+    SELECT grant_key, sum(moved) AS remaining FROM parts
+    WHERE grant_key IS NOT NULL GROUP BY grant_key
+)
+SELECT g.user_id, g.idempotency_key, g.remaining, coalesce(d.remaining, 0) AS ledger
+FROM credit_grants AS g LEFT JOIN drawn AS d ON d.grant_key = g.idempotency_key
+WHERE g.remaining <> coalesce(d.remaining, 0) {grant_filter}
+ORDER BY g.user_id, g.idempotency_key
+"""
+# An account's general balance (what no active grant accounts for) is never negative.
+_GENERAL_SQL = """
+SELECT u.id AS user_id, u.balance_credits, coalesce(sum(g.remaining), 0) AS in_grants
+FROM users AS u JOIN credit_grants AS g ON g.user_id = u.id AND g.status = 'active'
+{user_filter}
+GROUP BY u.id, u.balance_credits
+HAVING u.balance_credits < coalesce(sum(g.remaining), 0)
+ORDER BY u.id
+"""
+
+
+def grant_mismatches(db: Connection | Session, user_id: int | None) -> list[dict[str, Any]]:
+    """Every grant whose remaining its ledger does not explain, and every account whose
+    grants hold more than its balance."""
+    dialect = db.get_bind().dialect.name if isinstance(db, Session) else db.dialect.name
+    each_part, grant_of, amount = _PARTS["postgresql" if dialect == "postgresql" else "sqlite"]
+    params = {"uid": user_id}
+    found = [
+        {
+            "user_id": row.user_id,
+            "field": "grant",
+            "grant_key": row.idempotency_key,
+            "stored": row.remaining,
+            "ledger": int(row.ledger),
+        }
+        for row in db.execute(
+            text(
+                _GRANTS_SQL.format(
+                    grant_of=grant_of,
+                    moved=_PART_MOVED.format(amount=amount),
+                    each_part=each_part,
+                    ledger_filter="" if user_id is None else "AND l.user_id = :uid",
+                    grant_filter="" if user_id is None else "AND g.user_id = :uid",
+                )
+            ),
+            params,
+        )
+    ]
+    user_filter = "" if user_id is None else "WHERE u.id = :uid"
+    found += [
+        {
+            "user_id": row.user_id,
+            "field": "general_balance",
+            "stored": row.balance_credits,
+            "ledger": int(row.in_grants),
+        }
+        for row in db.execute(text(_GENERAL_SQL.format(user_filter=user_filter)), params)
+    ]
+    return found
+
+
 CHECKS = (
     ("balance_credits", "expected_balance"),
     ("subscription_ops_used", "expected_ops"),
@@ -133,6 +217,9 @@ def audit(session: Session, args: AuditArgs) -> results.Result:
     drifted, rows = chain.drift(session, user_ids, MAX_REPORTED - len(mismatches))
     total += drifted
     mismatches.extend(rows)
+    grants = grant_mismatches(session, args.user_id)
+    total += len(grants)
+    mismatches.extend(grants[: max(MAX_REPORTED - len(mismatches), 0)])
     params: dict[str, Any] = {"uid": args.user_id, "settle_prefix": SETTLE_PREFIX}
     hold_filter = "h.user_id = :uid AND" if args.user_id is not None else ""
     for row in session.execute(text(_HOLDS_SQL.format(hold_filter=hold_filter)), params):

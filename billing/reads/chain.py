@@ -31,7 +31,8 @@ from sqlalchemy.orm import Session
 # What a row moves, in its source's unit: the audit's sums and the chain are both made of it.
 CREDITS_MOVED = """CASE WHEN l.source = 'credits' THEN
         CASE WHEN l.entry_type IN ('grant', 'refund', 'release', 'expire') THEN l.amount
-             WHEN l.entry_type IN ('charge', 'hold') THEN -l.amount ELSE 0 END
+             WHEN l.entry_type IN ('charge', 'hold', 'expiry', 'void') THEN -l.amount
+             ELSE 0 END
     ELSE 0 END"""
 ALLOWANCE_MOVED = """CASE WHEN l.source = '{source}' THEN
         CASE WHEN l.entry_type IN ('charge', 'hold') THEN l.amount

@@ -38,6 +38,7 @@ from billing.core.records import (
     ChargeRow,
     Counters,
     Entry,
+    GrantRow,
     HoldRow,
     Locked,
     OutboxRow,
@@ -47,11 +48,30 @@ from billing.core.records import (
 )
 from billing.core.settlement import SETTLE_PREFIX
 from billing.movements.store import KeyRaced
-from models import HoldStatus, LedgerSource, Operation
+from models import GrantCategory, GrantStatus, HoldStatus, LedgerSource, Operation
 
 COLUMNS = list(ACCOUNT_COLUMNS)
 WRITABLE = [c for c in COLUMNS if c not in ("id", "role")]
 HOLD_COLUMNS = ", ".join(records.HOLD_COLUMNS)
+GRANT_COLUMNS = ", ".join(records.GRANT_COLUMNS)
+# The account's active grants, and the closed ones it still needs: those its holds (open, or
+# the one a capture or release names) draw from, and ``grant_keys`` (a void's grant, a
+# refund's parts' grants). Active ones through the partial index on the account; closed ones
+# by key.
+GRANTS_OF_ACCOUNT = (
+    f"(SELECT json_agg(json_build_array({GRANT_COLUMNS})) FROM ("
+    f"SELECT {GRANT_COLUMNS} FROM credit_grants"
+    " WHERE user_id = %(user_id)s AND status = 'active'"
+    f" UNION SELECT {GRANT_COLUMNS} FROM credit_grants"
+    " WHERE user_id = %(user_id)s AND status <> 'active' AND idempotency_key IN ("
+    "SELECT unnest(%(grant_keys)s::text[])"
+    " UNION ALL SELECT p.part->>'grant' FROM billing_holds AS h"
+    " CROSS JOIN LATERAL jsonb_array_elements(h.credit_parts) AS p(part)"
+    " WHERE h.user_id = %(user_id)s AND h.status = 'held' AND h.credit_parts IS NOT NULL"
+    " UNION ALL SELECT p.part->>'grant' FROM billing_holds AS h"
+    " CROSS JOIN LATERAL jsonb_array_elements(h.credit_parts) AS p(part)"
+    " WHERE h.idempotency_key = %(hold_key)s AND h.user_id = %(user_id)s)) AS g)"
+)
 
 
 class Prepared:
@@ -84,8 +104,10 @@ READ_AFTER_LOCK = Prepared(
     f"{HOLD_COLUMNS})) FROM (SELECT {HOLD_COLUMNS} FROM billing_holds"
     " WHERE user_id = %(user_id)s AND status = 'held'"
     f" UNION ALL SELECT {HOLD_COLUMNS} FROM billing_holds WHERE idempotency_key = %(hold_key)s"
-    " AND user_id = %(user_id)s AND status <> 'held') AS h)"
-    " FROM (SELECT) AS one LEFT JOIN billing_requests AS o ON o.idempotency_key = %(key)s::text",
+    " AND user_id = %(user_id)s AND status <> 'held') AS h), "
+    + GRANTS_OF_ACCOUNT
+    + " FROM (SELECT) AS one LEFT JOIN billing_requests AS o"
+    " ON o.idempotency_key = %(key)s::text",
 )
 UPDATE_ACCOUNT = Prepared(
     "billing_update_account",
@@ -100,11 +122,12 @@ RECORD_RESET = Prepared(
 LEDGER_ROW = (
     "INSERT INTO credits_ledger (user_id, entry_type, source, operation, amount,"
     " idempotency_key, balance_credits_after, subscription_ops_used_after,"
-    " freemium_actions_used_after, meta, refund_of_id, hold_key, created_at) VALUES (%(user_id)s,"
+    " freemium_actions_used_after, meta, refund_of_id, hold_key, grant_key, credit_parts,"
+    " created_at) VALUES (%(user_id)s,"
     " %(entry_type)s::ledger_entry_type_enum, %(source)s::ledger_source_enum,"
     " %(entry_operation)s::ledger_operation_enum, %(amount)s, %(entry_key)s, %(balance)s,"
     " %(ops_used)s, %(actions_used)s, %(meta)s::jsonb, %(refund_of_id)s::bigint,"
-    " %(hold_key)s::text, %(at)s)"
+    " %(hold_key)s::text, %(grant_key)s::text, %(credit_parts)s::jsonb, %(at)s)"
 )
 ENTRY_PARAMS = (
     "entry_type",
@@ -118,6 +141,8 @@ ENTRY_PARAMS = (
     "meta",
     "refund_of_id",
     "hold_key",
+    "grant_key",
+    "credit_parts",
 )
 # A ledger row with no outcome of its own (an expiry, the rest of a capture).
 RECORD_ENTRY = Prepared("billing_record_entry", LEDGER_ROW)
@@ -138,9 +163,23 @@ REMEMBER = Prepared(
 INSERT_HOLD = Prepared(
     "billing_insert_hold",
     "INSERT INTO billing_holds (idempotency_key, user_id, operation, source, amount,"
-    " created_at, expires_at) VALUES (%(hold_key)s, %(user_id)s,"
+    " created_at, expires_at, credit_parts) VALUES (%(hold_key)s, %(user_id)s,"
     " %(hold_operation)s::ledger_operation_enum, %(hold_source)s::ledger_source_enum,"
-    " %(hold_amount)s, %(at)s, %(expires_at)s)",
+    " %(hold_amount)s, %(at)s, %(expires_at)s, %(hold_parts)s::jsonb)",
+)
+INSERT_GRANT = Prepared(
+    "billing_insert_grant",
+    "INSERT INTO credit_grants (user_id, idempotency_key, amount, remaining, expires_at,"
+    " priority, category, created_at) VALUES (%(user_id)s, %(grant)s, %(grant_amount)s,"
+    " %(remaining)s, %(grant_expires_at)s::timestamptz, %(priority)s::smallint,"
+    " %(category)s::credit_category_enum, %(at)s)",
+)
+UPDATE_GRANT = Prepared(
+    "billing_update_grant",
+    "UPDATE credit_grants SET remaining = %(remaining)s, status = %(status)s::grant_status_enum,"
+    " closed_at = %(closed_at)s::timestamptz,"
+    " expiring_notified_at = %(notified_at)s::timestamptz"
+    " WHERE idempotency_key = %(grant)s AND user_id = %(user_id)s",
 )
 # Only an open hold settles; the settlement's ledger row, keyed per hold, makes it once.
 SETTLE_HOLD = Prepared(
@@ -167,6 +206,8 @@ STATEMENTS = (
     REMEMBER,
     INSERT_HOLD,
     SETTLE_HOLD,
+    INSERT_GRANT,
+    UPDATE_GRANT,
     RECORD_EVENT,
 )
 READ_LOCKED = ("BEGIN; " + LOCK_ACCOUNT.call() + READ_AFTER_LOCK.call()).removesuffix("; ")
@@ -176,7 +217,9 @@ READ_LOCKED = ("BEGIN; " + LOCK_ACCOUNT.call() + READ_AFTER_LOCK.call()).removes
 # or not at all. The clock comes first, so an unknown account costs no second round trip.
 PEEK = (
     f"SELECT now(), {', '.join(f'u.{c}' for c in COLUMNS)}, (SELECT json_agg(json_build_array("
-    f"{HOLD_COLUMNS})) FROM billing_holds AS h WHERE h.user_id = u.id AND h.status = 'held')"
+    f"{HOLD_COLUMNS})) FROM billing_holds AS h WHERE h.user_id = u.id AND h.status = 'held'),"
+    f" (SELECT json_agg(json_build_array({GRANT_COLUMNS})) FROM credit_grants AS g"
+    " WHERE g.user_id = u.id AND g.status = 'active')"
     " FROM (SELECT) AS one LEFT JOIN users AS u ON u.id = %(user_id)s"
 )
 
@@ -212,30 +255,43 @@ class PgStore:
         self._cur = ClientCursor(conn)
         self.event_accounts: set[int] = set()
 
-    def lock(self, user_id: int, key: str | None, hold_key: str | None = None) -> Locked:
+    def lock(
+        self,
+        user_id: int,
+        key: str | None,
+        hold_key: str | None = None,
+        grant_keys: Collection[str] = (),
+    ) -> Locked:
         prepare(self.conn)
         try:
-            return self._lock(user_id, key, hold_key)
+            return self._lock(user_id, key, hold_key, list(grant_keys))
         except psycopg.errors.InvalidSqlStatementName:
             # Our statements are gone (a DISCARD ALL or DEALLOCATE ALL on this session); the
             # failed read wrote nothing. Prepare them again and read again.
             self.rollback()
             _prepared.discard(self.conn)
             prepare(self.conn)
-            return self._lock(user_id, key, hold_key)
+            return self._lock(user_id, key, hold_key, list(grant_keys))
 
-    def _lock(self, user_id: int, key: str | None, hold_key: str | None) -> Locked:
+    def _lock(
+        self, user_id: int, key: str | None, hold_key: str | None, grant_keys: list[str]
+    ) -> Locked:
         cur = self._cur
-        cur.execute(READ_LOCKED, {"user_id": user_id, "key": key, "hold_key": hold_key})
+        params = {"user_id": user_id, "key": key, "hold_key": hold_key, "grant_keys": grant_keys}
+        cur.execute(READ_LOCKED, params)
         cur.nextset()
         row = cur.fetchone()
         cur.nextset()
-        *found, holds = cur.fetchone()  # type: ignore[misc]
+        *found, holds, grants = cur.fetchone()  # type: ignore[misc]
         stored = StoredOutcome(*found) if found[0] is not None else None
         if row is None:
             now = self.conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
             return Locked(None, now, stored)
-        account = AccountRow(*row[:-1], holds=[_hold(h) for h in holds or ()])
+        account = AccountRow(
+            *row[:-1],
+            holds=[_hold(h) for h in holds or ()],
+            grants=[_grant(g) for g in grants or ()],
+        )
         return Locked(account, row[-1], stored)
 
     def write(self, writes: Writes) -> int | None:
@@ -266,6 +322,32 @@ class PgStore:
             else:
                 statement = SETTLE_HOLD
                 own = {"hold_key": hold.key, "status": str(hold.status), "captured": hold.captured}
+            if change.new:
+                own["hold_parts"] = _json(records.parts_json(hold.parts))
+            sql += statement.call(prefix, tuple(own))
+            params.update({prefix + name: value for name, value in own.items()})
+        # Before the ledger rows that name them.
+        for number, grant in enumerate(writes.grants):
+            prefix = f"g{number}_"
+            if grant.new:
+                statement = INSERT_GRANT
+                own = {
+                    "grant": grant.key,
+                    "grant_amount": grant.amount,
+                    "remaining": grant.remaining,
+                    "grant_expires_at": grant.expires_at,
+                    "priority": grant.priority,
+                    "category": str(grant.category),
+                }
+            else:
+                statement = UPDATE_GRANT
+                own = {
+                    "grant": grant.key,
+                    "remaining": grant.remaining,
+                    "status": str(grant.status),
+                    "closed_at": grant.closed_at,
+                    "notified_at": grant.expiring_notified_at,
+                }
             sql += statement.call(prefix, tuple(own))
             params.update({prefix + name: value for name, value in own.items()})
         defaults = counters(account) if account is not None else None
@@ -298,6 +380,11 @@ class PgStore:
                 assert account is not None, "a ledger row belongs to an account"
                 sql += RECORD_MOVEMENT.call()
                 params.update(_entry_params(entry, writes.key, defaults))
+        for number, extra in enumerate(writes.trailing):
+            prefix = f"t{number}_"
+            sql += RECORD_ENTRY.call(prefix, ENTRY_PARAMS)
+            own = _entry_params(extra, writes.key, defaults)
+            params.update({prefix + name: value for name, value in own.items()})
         ledger_id = self._commit(sql, params)
         if writes.events:
             self.event_accounts.add(writes.user_id)
@@ -331,23 +418,29 @@ class PgStore:
     def peek(self, user_id: int) -> tuple[AccountRow | None, datetime]:
         found = self._cur.execute(PEEK, {"user_id": user_id}).fetchone()
         assert found is not None, "the statement answers one row, with or without the account"
-        now, *row, holds = found
+        now, *row, holds, grants = found
         if row[0] is None:
             return None, now
-        return AccountRow(*row, holds=[_hold(h) for h in holds or ()]), now
+        account = AccountRow(
+            *row,
+            holds=[_hold(h) for h in holds or ()],
+            grants=[_grant(g) for g in grants or ()],
+        )
+        return account, now
 
     def find_charge(self, key: str) -> ChargeRow | None:
         row = self.conn.execute(
-            "SELECT id, user_id, source, amount, operation, created_at FROM credits_ledger"
-            " WHERE idempotency_key = %(key)s AND entry_type = 'charge'"
-            " UNION ALL SELECT c.id, c.user_id, c.source, c.amount, c.operation, h.created_at"
-            " FROM credits_ledger AS c JOIN billing_holds AS h ON h.idempotency_key = c.hold_key"
+            "SELECT id, user_id, source, amount, operation, created_at, credit_parts"
+            " FROM credits_ledger WHERE idempotency_key = %(key)s AND entry_type = 'charge'"
+            " UNION ALL SELECT c.id, c.user_id, c.source, c.amount, c.operation, h.created_at,"
+            " c.credit_parts FROM credits_ledger AS c"
+            " JOIN billing_holds AS h ON h.idempotency_key = c.hold_key"
             " WHERE c.idempotency_key = %(settle_key)s AND c.entry_type = 'capture'",
             {"key": key, "settle_key": SETTLE_PREFIX + key},
         ).fetchone()
         if row is None:
             return None
-        charge_id, user_id, source, amount, operation, created_at = row
+        charge_id, user_id, source, amount, operation, created_at, parts = row
         return ChargeRow(
             charge_id,
             user_id,
@@ -355,11 +448,18 @@ class PgStore:
             amount,
             Operation(operation) if operation is not None else None,
             created_at,
+            records.parts_from_json(parts),
         )
 
     def find_hold(self, key: str) -> int | None:
         row = self.conn.execute(
             "SELECT user_id FROM billing_holds WHERE idempotency_key = %s", (key,)
+        ).fetchone()
+        return row[0] if row is not None else None
+
+    def find_grant(self, key: str) -> int | None:
+        row = self.conn.execute(
+            "SELECT user_id FROM credit_grants WHERE idempotency_key = %s", (key,)
         ).fetchone()
         return row[0] if row is not None else None
 
@@ -385,7 +485,7 @@ class PgStore:
 
 def _hold(row: Sequence[Any]) -> HoldRow:
     """A hold as ``HOLD_COLUMNS`` reads it, as a row or as a JSON array (times as text)."""
-    key, operation, source, amount, created_at, expires_at, status, captured = row
+    key, operation, source, amount, created_at, expires_at, status, captured, parts = row
     return HoldRow(
         key,
         Operation(operation),
@@ -395,11 +495,35 @@ def _hold(row: Sequence[Any]) -> HoldRow:
         _time(expires_at),
         HoldStatus(status),
         captured,
+        records.parts_from_json(parts),
+    )
+
+
+def _grant(row: Sequence[Any]) -> GrantRow:
+    """A grant as ``GRANT_COLUMNS`` reads it, as a JSON array (times as text)."""
+    key, amount, remaining, expires_at, priority, category, created_at, status, *rest = row
+    closed_at, notified_at, grant_id = rest
+    return GrantRow(
+        key,
+        amount,
+        remaining,
+        _time(expires_at) if expires_at is not None else None,
+        priority,
+        GrantCategory(category),
+        _time(created_at),
+        GrantStatus(status),
+        _time(closed_at) if closed_at is not None else None,
+        _time(notified_at) if notified_at is not None else None,
+        grant_id,
     )
 
 
 def _time(value: datetime | str) -> datetime:
     return datetime.fromisoformat(value) if isinstance(value, str) else value
+
+
+def _json(value: Any) -> str | None:
+    return json.dumps(value) if value is not None else None
 
 
 def _entry_params(entry: Entry, key: str | None, defaults: Counters | None) -> dict[str, Any]:
@@ -418,4 +542,6 @@ def _entry_params(entry: Entry, key: str | None, defaults: Counters | None) -> d
         "meta": json.dumps(entry.meta) if entry.meta is not None else None,
         "refund_of_id": entry.refund_of_id,
         "hold_key": entry.hold_key,
+        "grant_key": entry.grant_key,
+        "credit_parts": _json(records.parts_json(entry.parts)),
     }

@@ -11,10 +11,21 @@ The clock is ``db_now``: the database's on PostgreSQL, the process's on SQLite.
 from __future__ import annotations
 
 from collections.abc import Collection
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Column, Connection, Table, and_, func, or_, select, union_all, update
+from sqlalchemy import (
+    Column,
+    Connection,
+    Table,
+    and_,
+    bindparam,
+    func,
+    or_,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 
@@ -24,6 +35,7 @@ from billing.core.records import (
     AccountRow,
     ChargeRow,
     Entry,
+    GrantRow,
     HoldRow,
     Locked,
     OutboxRow,
@@ -37,8 +49,10 @@ from billing.movements.store import KeyRaced
 from models import (
     AllowanceReset,
     BillingRequest,
+    CreditGrant,
     EntryType,
     Event,
+    GrantStatus,
     Hold,
     HoldStatus,
     LedgerEntry,
@@ -53,6 +67,17 @@ HOLDS = Hold.__table__
 EVENTS = Event.__table__
 COLUMNS = [USERS.c[name] for name in ACCOUNT_COLUMNS]
 HOLD_COLUMNS = [HOLDS.c[name] for name in records.HOLD_COLUMNS]
+GRANTS = CreditGrant.__table__
+GRANT_COLUMNS = [GRANTS.c[name] for name in records.GRANT_COLUMNS]
+
+
+def hold_row(row: Any) -> HoldRow:
+    *columns, parts = row
+    return HoldRow(*columns, parts=records.parts_from_json(parts))
+
+
+def grant_row(row: Any) -> GrantRow:
+    return GrantRow(*row)
 
 
 def insert_unless_exists(conn: Connection, table: Table) -> Insert:
@@ -78,15 +103,29 @@ class SqlStore:
     def _now(self) -> datetime:
         return db_now(self.conn)
 
-    def lock_due(self, after: int, limit: int) -> tuple[list[AccountRow], datetime]:
-        """Begin; lock up to ``limit`` accounts past id ``after`` that have a hold due, skipping
-        any another transaction holds (it expires them itself), and read their holds after
-        the lock."""
+    def lock_due(
+        self, after: int, limit: int, grants: timedelta | None = None
+    ) -> tuple[list[AccountRow], datetime]:
+        """Begin; lock up to ``limit`` accounts past id ``after`` that have a hold due (with
+        ``grants``, a notice period: a grant due, or due for its expiring notice), skipping any
+        another transaction holds (it expires them itself), and read their holds and grants
+        after the lock."""
         self.conn.begin()
         now = self._now()
-        due = select(HOLDS.c.user_id).where(
-            HOLDS.c.status == HoldStatus.HELD, HOLDS.c.expires_at <= now
-        )
+        if grants is not None:
+            notice = and_(
+                GRANTS.c.expiring_notified_at.is_(None),
+                GRANTS.c.remaining > 0,
+                GRANTS.c.expires_at <= now + grants,
+            )
+            due = select(GRANTS.c.user_id).where(
+                GRANTS.c.status == GrantStatus.ACTIVE,
+                or_(GRANTS.c.expires_at <= now, notice),
+            )
+        else:
+            due = select(HOLDS.c.user_id).where(
+                HOLDS.c.status == HoldStatus.HELD, HOLDS.c.expires_at <= now
+            )
         rows = self.conn.execute(
             select(*COLUMNS)
             .where(USERS.c.id > after, USERS.c.id.in_(due))
@@ -102,12 +141,37 @@ class SqlStore:
                 )
             ).all()
             for user_id, *hold in holds:
-                accounts[user_id].holds.append(HoldRow(*hold))
+                accounts[user_id].holds.append(hold_row(hold))
+            for account in accounts.values():
+                account.grants = self._grants(account)
         return list(accounts.values()), now
 
-    def _lock_account(self, user_id: int, hold_key: str | None) -> AccountRow | None:
-        """The account under its row lock, then its open holds (and the hold ``hold_key``):
-        read after the lock, so they are as its last movement left them."""
+    def _grants(self, account: AccountRow, named: Collection[str] = ()) -> list[GrantRow]:
+        """The account's active grants, then the closed ones its holds draw from and
+        ``named``: read after the account's lock, as its holds are."""
+        rows = self.conn.execute(
+            select(*GRANT_COLUMNS).where(
+                GRANTS.c.user_id == account.id, GRANTS.c.status == GrantStatus.ACTIVE
+            )
+        ).all()
+        grants = [grant_row(row) for row in rows]
+        active = {g.key for g in grants}
+        wanted = set(named) | {p.grant for h in account.holds for p in h.parts if p.grant}
+        wanted -= active
+        if wanted:
+            closed = self.conn.execute(
+                select(*GRANT_COLUMNS).where(
+                    GRANTS.c.user_id == account.id, GRANTS.c.idempotency_key.in_(sorted(wanted))
+                )
+            ).all()
+            grants += [grant_row(row) for row in closed]
+        return grants
+
+    def _lock_account(
+        self, user_id: int, hold_key: str | None, grant_keys: Collection[str] = ()
+    ) -> AccountRow | None:
+        """The account under its row lock, then its open holds (and the hold ``hold_key``)
+        and its grants: read after the lock, so they are as its last movement left them."""
         query = select(*COLUMNS).where(USERS.c.id == user_id).with_for_update()
         row = self.conn.execute(query).first()
         if row is None:
@@ -118,11 +182,19 @@ class SqlStore:
         holds = self.conn.execute(
             select(*HOLD_COLUMNS).where(HOLDS.c.user_id == user_id, named)
         ).all()
-        return AccountRow(*row, holds=[HoldRow(*hold) for hold in holds])
+        account = AccountRow(*row, holds=[hold_row(hold) for hold in holds])
+        account.grants = self._grants(account, grant_keys)
+        return account
 
-    def lock(self, user_id: int, key: str | None, hold_key: str | None = None) -> Locked:
+    def lock(
+        self,
+        user_id: int,
+        key: str | None,
+        hold_key: str | None = None,
+        grant_keys: Collection[str] = (),
+    ) -> Locked:
         self.conn.begin()
-        account = self._lock_account(user_id, hold_key)
+        account = self._lock_account(user_id, hold_key, grant_keys)
         stored = None
         if key is not None:
             row = self.conn.execute(
@@ -168,6 +240,7 @@ class SqlStore:
                         amount=hold.amount,
                         created_at=writes.at,
                         expires_at=hold.expires_at,
+                        credit_parts=records.parts_json(hold.parts),
                     )
                 )
             else:
@@ -176,19 +249,70 @@ class SqlStore:
                     .where(HOLDS.c.idempotency_key == hold.key, HOLDS.c.status == HoldStatus.HELD)
                     .values(status=hold.status, settled_at=writes.at, captured=hold.captured)
                 )
-        for extra in writes.entries:
-            self._insert_entry(writes, extra)
-        for event in writes.events:
+        # Before the ledger rows that name them. A sweep writes many of each for one account:
+        # one executemany per kind, not a statement a row.
+        new = [g for g in writes.grants if g.new]
+        if new:
             conn.execute(
-                insert_unless_exists(conn, EVENTS).values(
-                    event_id=event.event_id,
-                    type=event.type,
-                    user_id=writes.user_id,
-                    occurred_at=writes.at,
-                    subject_at=event.subject_at,
-                    data=event.data,
-                    kept_until=event.kept_until,
-                )
+                GRANTS.insert(),
+                [
+                    {
+                        "user_id": writes.user_id,
+                        "idempotency_key": g.key,
+                        "amount": g.amount,
+                        "remaining": g.remaining,
+                        "expires_at": g.expires_at,
+                        "priority": g.priority,
+                        "category": g.category,
+                        "created_at": writes.at,
+                    }
+                    for g in new
+                ],
+            )
+        changed = [g for g in writes.grants if not g.new]
+        if changed:
+            conn.execute(
+                update(GRANTS)
+                .where(GRANTS.c.idempotency_key == bindparam("grant_key"))
+                .values(
+                    remaining=bindparam("remaining"),
+                    status=bindparam("status"),
+                    closed_at=bindparam("closed_at"),
+                    expiring_notified_at=bindparam("notified_at"),
+                ),
+                [
+                    {
+                        "grant_key": g.key,
+                        "remaining": g.remaining,
+                        "status": g.status,
+                        "closed_at": g.closed_at,
+                        "notified_at": g.expiring_notified_at,
+                    }
+                    for g in changed
+                ],
+            )
+        if len(writes.entries) > 1:
+            # Rows with keys of their own that only this movement writes (expiries, a
+            # capture's rest): under the account's lock nobody else can, so no race to detect.
+            conn.execute(LEDGER.insert(), [self._entry_values(writes, e) for e in writes.entries])
+        else:
+            for extra in writes.entries:
+                self._insert_entry(writes, extra)
+        if writes.events:
+            conn.execute(
+                insert_unless_exists(conn, EVENTS),
+                [
+                    {
+                        "event_id": event.event_id,
+                        "type": event.type,
+                        "user_id": writes.user_id,
+                        "occurred_at": writes.at,
+                        "subject_at": event.subject_at,
+                        "data": event.data,
+                        "kept_until": event.kept_until,
+                    }
+                    for event in writes.events
+                ],
             )
         ledger_id = None
         if entry is not None:
@@ -206,28 +330,34 @@ class SqlStore:
                 response=response,
                 ledger_id=ledger_id,
             )
+        for extra in writes.trailing:
+            self._insert_entry(writes, extra)
         return ledger_id
 
-    def _insert_entry(self, writes: Writes, entry: Entry) -> int:
+    def _entry_values(self, writes: Writes, entry: Entry) -> dict[str, Any]:
         account = writes.account
         assert account is not None, "a ledger row belongs to an account"
         balance, ops_used, actions_used = entry.after or counters(account)
-        return self._insert_keyed(
-            LEDGER.c.id,
-            user_id=account.id,
-            entry_type=entry.entry_type,
-            source=entry.source,
-            operation=entry.operation,
-            amount=entry.amount,
-            idempotency_key=entry.key or writes.key,
-            balance_credits_after=balance,
-            subscription_ops_used_after=ops_used,
-            freemium_actions_used_after=actions_used,
-            meta=entry.meta,
-            refund_of_id=entry.refund_of_id,
-            hold_key=entry.hold_key,
-            created_at=writes.at,
-        )
+        return {
+            "user_id": account.id,
+            "entry_type": entry.entry_type,
+            "source": entry.source,
+            "operation": entry.operation,
+            "amount": entry.amount,
+            "idempotency_key": entry.key or writes.key,
+            "balance_credits_after": balance,
+            "subscription_ops_used_after": ops_used,
+            "freemium_actions_used_after": actions_used,
+            "meta": entry.meta,
+            "refund_of_id": entry.refund_of_id,
+            "hold_key": entry.hold_key,
+            "grant_key": entry.grant_key,
+            "credit_parts": records.parts_json(entry.parts),
+            "created_at": writes.at,
+        }
+
+    def _insert_entry(self, writes: Writes, entry: Entry) -> int:
+        return self._insert_keyed(LEDGER.c.id, **self._entry_values(writes, entry))
 
     def _insert_keyed(self, returning: Column[Any], **values: Any) -> Any:
         """Insert a row under its unique idempotency key; a key taken meanwhile rolls back
@@ -258,10 +388,21 @@ class SqlStore:
         with self.conn.begin():
             rows = self.conn.execute(query).all()
             now = self._now()
-        if not rows:
-            return None, now
-        holds = [HoldRow(*row[width:]) for row in rows if row[width] is not None]
-        return AccountRow(*rows[0][:width], holds=holds), now
+            if not rows:
+                return None, now
+            holds = [hold_row(row[width:]) for row in rows if row[width] is not None]
+            account = AccountRow(*rows[0][:width], holds=holds)
+            # An unlocked read's grants are shown, never written back: a grant that moved
+            # between the two statements changes what the state lists, not any figure.
+            account.grants = [
+                grant_row(row)
+                for row in self.conn.execute(
+                    select(*GRANT_COLUMNS).where(
+                        GRANTS.c.user_id == user_id, GRANTS.c.status == GrantStatus.ACTIVE
+                    )
+                ).all()
+            ]
+        return account, now
 
     def find_charge(self, key: str) -> ChargeRow | None:
         charges = select(
@@ -271,6 +412,7 @@ class SqlStore:
             LEDGER.c.amount,
             LEDGER.c.operation,
             LEDGER.c.created_at,
+            LEDGER.c.credit_parts,
         ).where(LEDGER.c.idempotency_key == key, LEDGER.c.entry_type == EntryType.CHARGE)
         captures = (
             select(
@@ -280,6 +422,7 @@ class SqlStore:
                 LEDGER.c.amount,
                 LEDGER.c.operation,
                 HOLDS.c.created_at,
+                LEDGER.c.credit_parts,
             )
             .join(HOLDS, HOLDS.c.idempotency_key == LEDGER.c.hold_key)
             .where(
@@ -289,12 +432,21 @@ class SqlStore:
         )
         with self.conn.begin():
             row = self.conn.execute(union_all(charges, captures)).first()
-        return ChargeRow(*row) if row is not None else None
+        if row is None:
+            return None
+        *columns, parts = row
+        return ChargeRow(*columns, parts=records.parts_from_json(parts))
 
     def find_hold(self, key: str) -> int | None:
         with self.conn.begin():
             return self.conn.execute(
                 select(HOLDS.c.user_id).where(HOLDS.c.idempotency_key == key)
+            ).scalar()
+
+    def find_grant(self, key: str) -> int | None:
+        with self.conn.begin():
+            return self.conn.execute(
+                select(GRANTS.c.user_id).where(GRANTS.c.idempotency_key == key)
             ).scalar()
 
     def lock_unpublished(self, user_ids: Collection[int] | None, limit: int) -> list[OutboxRow]:

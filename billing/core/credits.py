@@ -1,0 +1,205 @@
+"""Credit grants as pure functions over a locked account: the draw order, what a movement
+takes from each grant, what comes back, and what expires.
+
+An account's ``balance_credits`` is everything spendable, net of holds. Each active grant's
+``remaining`` is its share of that balance; the rest, which no grant accounts for (every
+balance from before grants existed, or one an operator set), is the account's *general*
+balance. It is drawn as a paid, never-expiring, priority-50 grant older than every grant, so
+an account with no grants draws exactly as it always did.
+
+Draw order: priority ascending, then the soonest ``expires_at`` (never-expiring last), then
+promotional before paid, then the older grant first.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from billing.core.records import AccountRow, GrantRow, Part
+from billing.core.validation import DEFAULT_PRIORITY, RESERVED_KEY_PREFIX
+from models import GrantCategory, GrantStatus
+
+# The general balance's place in the draw order: a paid, never-expiring, priority-50 grant
+# older than every grant.
+_NEVER = datetime.max.replace(tzinfo=UTC)
+_GENERAL_ORDER: tuple[Any, ...] = (DEFAULT_PRIORITY, True, _NEVER, True, 0, datetime.min, -1)
+
+
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def draw_order(grant: GrantRow) -> tuple[Any, ...]:
+    expires = _utc(grant.expires_at) if grant.expires_at is not None else _NEVER
+    return (
+        grant.priority,
+        grant.expires_at is None,
+        expires,
+        grant.category == GrantCategory.PAID,
+        1,  # after the general balance among equals: it is older than every grant
+        _utc(grant.created_at).replace(tzinfo=None),
+        grant.id if grant.id is not None else 2**63,
+    )
+
+
+def active(account: AccountRow) -> list[GrantRow]:
+    return [g for g in account.grants if g.status == GrantStatus.ACTIVE]
+
+
+def live(account: AccountRow) -> list[GrantRow]:
+    """The active grants with something left, in draw order."""
+    return sorted((g for g in active(account) if g.remaining > 0), key=draw_order)
+
+
+def general(account: AccountRow) -> int:
+    """The part of the balance no active grant accounts for."""
+    return account.balance_credits - sum(g.remaining for g in active(account))
+
+
+def find(account: AccountRow, key: str | None) -> GrantRow | None:
+    return next((g for g in account.grants if g.key == key), None) if key is not None else None
+
+
+def plan(account: AccountRow, amount: int) -> list[Part]:
+    """What taking ``amount`` credits takes from each grant, in draw order; the caller has
+    checked that the balance covers it."""
+    slots: list[tuple[tuple[Any, ...], str | None, int]] = [
+        (draw_order(g), g.key, g.remaining) for g in live(account)
+    ]
+    general_part = general(account)
+    if general_part > 0:
+        slots.append((_GENERAL_ORDER, None, general_part))
+    parts: list[Part] = []
+    left = amount
+    for _, key, available in sorted(slots, key=lambda slot: slot[0]):
+        if left == 0:
+            break
+        taken = min(available, left)
+        parts.append(Part(key, taken))
+        left -= taken
+    assert left == 0, "the balance covers the amount, so its grants do"
+    return parts
+
+
+def take(account: AccountRow, parts: list[Part]) -> None:
+    """Take ``parts`` from their grants and from the balance."""
+    for part in parts:
+        grant = find(account, part.grant)
+        if grant is not None:
+            grant.remaining -= part.amount
+        account.balance_credits -= part.amount
+
+
+def split(parts: tuple[Part, ...] | list[Part], amount: int) -> tuple[list[Part], list[Part]]:
+    """The first ``amount`` of ``parts`` (in their order: a capture consumes what was drawn
+    first), and the rest."""
+    kept: list[Part] = []
+    rest: list[Part] = []
+    left = amount
+    for part in parts:
+        taken = min(part.amount, left)
+        left -= taken
+        if taken:
+            kept.append(Part(part.grant, taken))
+        if part.amount - taken:
+            rest.append(Part(part.grant, part.amount - taken))
+    return kept, rest
+
+
+def give_back(account: AccountRow, parts: tuple[Part, ...] | list[Part]) -> list[Part]:
+    """Give ``parts`` back to their grants and the balance. What belongs to a grant that has
+    expired or been voided meanwhile is not spendable again: those parts are returned, for
+    the caller to write off at once (``lapsed``), so the balance never gains them."""
+    lapsed: list[Part] = []
+    for part in parts:
+        grant = find(account, part.grant)
+        account.balance_credits += part.amount
+        if part.grant is None:
+            continue
+        if grant is not None and grant.status == GrantStatus.ACTIVE:
+            grant.remaining += part.amount
+        else:
+            lapsed.append(part)
+    return lapsed
+
+
+def lapse(account: AccountRow, part: Part) -> GrantStatus:
+    """Write off a part given back to a closed grant: the balance drops by it again. The
+    grant's status says whether it expired or was voided (a grant not loaded is taken as
+    expired: only the frame's own reads load grants)."""
+    account.balance_credits -= part.amount
+    grant = find(account, part.grant)
+    return grant.status if grant is not None else GrantStatus.EXPIRED
+
+
+def due(account: AccountRow, now: datetime) -> list[GrantRow]:
+    """The active grants whose ``expires_at`` has come."""
+    return [
+        g for g in active(account) if g.expires_at is not None and _utc(g.expires_at) <= _utc(now)
+    ]
+
+
+def expiry_key(grant_key: str) -> str:
+    """The key of a grant's own ``expiry`` ledger row: one per grant."""
+    return f"{RESERVED_KEY_PREFIX}expiry:{grant_key}"
+
+
+def to_notify(account: AccountRow, now: datetime, notice: timedelta) -> list[GrantRow]:
+    """Live grants whose ``expires_at`` is within ``notice`` and that were not announced yet."""
+    at = _utc(now)
+    return [
+        g
+        for g in live(account)
+        if g.expires_at is not None
+        and g.expiring_notified_at is None
+        and at < _utc(g.expires_at) <= at + notice
+    ]
+
+
+def close(account: AccountRow, grant: GrantRow, status: GrantStatus, now: datetime) -> int:
+    """Close a grant (expired or voided): what is left of it leaves the balance. What open
+    holds keep from it is written off when it comes back (``give_back``)."""
+    left = grant.remaining
+    account.balance_credits -= left
+    grant.remaining = 0
+    grant.status = status
+    grant.closed_at = now
+    return left
+
+
+def view(grant: GrantRow) -> dict[str, Any]:
+    return {
+        "key": grant.key,
+        "amount": grant.amount,
+        "remaining": grant.remaining,
+        "expires_at": _utc(grant.expires_at).isoformat() if grant.expires_at else None,
+        "priority": grant.priority,
+        "category": str(grant.category),
+        "status": str(grant.status),
+    }
+
+
+def state(account: AccountRow) -> dict[str, Any]:
+    """``state.credits``: the balance, the live grants in draw order, and what expires
+    soonest."""
+    grants = live(account)
+    expiring = [g for g in grants if g.expires_at is not None]
+    soonest = min(expiring, key=lambda g: _utc(g.expires_at)) if expiring else None  # type: ignore[arg-type]
+    expiring_view = None
+    if soonest is not None:
+        at = _utc(soonest.expires_at)  # type: ignore[arg-type]
+        amount = sum(g.remaining for g in expiring if _utc(g.expires_at) == at)  # type: ignore[arg-type]
+        expiring_view = {"amount": amount, "at": at.isoformat()}
+    return {
+        "balance": account.balance_credits,
+        "grants": [
+            {
+                k: v
+                for k, v in view(g).items()
+                if k in ("key", "remaining", "expires_at", "priority", "category")
+            }
+            for g in grants
+        ],
+        "expiring": expiring_view,
+    }
