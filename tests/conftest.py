@@ -220,6 +220,12 @@ class Worker:
     def expire_holds(self) -> dict[str, Any]:
         return self.call("billing.expire_holds")
 
+    def expire_grants(self) -> dict[str, Any]:
+        return self.call("billing.expire_grants")
+
+    def void_grant(self, key: str, **kwargs: Any) -> dict[str, Any]:
+        return self.call("billing.void_grant", idempotency_key=key, **kwargs)
+
     def publish_events(self) -> dict[str, Any]:
         return self.call("billing.publish_events")
 
@@ -345,6 +351,10 @@ def event_rows(engine: Engine, user_id: int | None = None) -> list[Any]:
     return _rows(engine, "billing_events", "id", user_id)
 
 
+def grant_rows(engine: Engine, user_id: int | None = None) -> list[Any]:
+    return _rows(engine, "credit_grants", "id", user_id)
+
+
 def hold_rows(engine: Engine, user_id: int | None = None) -> list[Any]:
     return _rows(engine, "billing_holds", "created_at, idempotency_key", user_id)
 
@@ -379,6 +389,14 @@ def shift_clock(engine: Engine, days: float, user_ids: list[int] | None = None) 
                 f"UPDATE billing_holds SET created_at = created_at - {d},"
                 f" expires_at = expires_at - {d}, settled_at = settled_at - {d}"
                 f" {where_ledger}"
+            ),
+            params,
+        )
+        conn.execute(
+            text(
+                f"UPDATE credit_grants SET created_at = created_at - {d},"
+                f" expires_at = expires_at - {d}, closed_at = closed_at - {d},"
+                f" expiring_notified_at = expiring_notified_at - {d} {where_ledger}"
             ),
             params,
         )

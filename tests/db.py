@@ -8,6 +8,7 @@ from tests.services import ADMIN_DATABASE_URL, DB_TIMEZONE
 
 TABLES = (
     "allowance_resets",
+    "credit_grants",
     "billing_events",
     "billing_holds",
     "billing_job_runs",

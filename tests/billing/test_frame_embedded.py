@@ -275,3 +275,53 @@ def test_events_are_recorded_published_in_order_and_pruned(sqlite, settings):
         )
     # The exhausted event stays while its period runs; the others go.
     assert outbox.prune(sqlite, settings) == {"removed": 3, "batches": 1}
+
+
+def test_credit_grants_on_sqlite(sqlite, settings):
+    """A grant's whole life through SqlStore: drawn in order, expired, given back and written
+    off, refunded, voided; the audit explains every grant."""
+    from billing.core.validation import VoidGrantArgs
+
+    user = _account(sqlite, 9100)
+
+    def run(fn, args):
+        with connect(sqlite) as conn:
+            return fn(conn, args, settings)
+
+    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    promo = GrantArgs.parse(
+        (), {"user_id": user, "amount": 20, "idempotency_key": "g1", "expires_at": soon,
+             "category": "promotional"}
+    )  # fmt: skip
+    assert run(grants.grant, promo)["grant"]["category"] == "promotional"
+    paid = {"user_id": user, "amount": 30, "idempotency_key": "g2", "priority": 10}
+    run(grants.grant, GrantArgs.parse((), paid))
+    charged = run(
+        charges.assistant,
+        ChargeArgs.parse((), {"user_id": user, "idempotency_key": "c1", "cost": 35}),
+    )
+    assert charged["credits_drawn"] == [
+        {"grant": "g2", "amount": 30},
+        {"grant": "g1", "amount": 5},
+    ]
+    run(
+        holds.reserve_assistant,
+        ReserveArgs.parse((), {"user_id": user, "idempotency_key": "h1", "cost": 10}),
+    )
+    with sqlite.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE credit_grants SET expires_at = '2000-01-01 00:00:00'"
+                " WHERE idempotency_key = 'g1'"
+            )
+        )
+    released = run(holds.release, ReleaseArgs.parse((), {"idempotency_key": "h1"}))
+    assert (released["expired"], released["state"]["credits"]["balance"]) == (10, 0)
+    refunded = run(refunds.refund, RefundArgs.parse((), {"idempotency_key": "c1"}))
+    assert (refunded["expired"], refunded["state"]["credits"]["balance"]) == (5, 30)
+    voided = run(grants.void, VoidGrantArgs.parse((), {"idempotency_key": "g2"}))
+    assert (voided["amount"], voided["state"]["credits"]["balance"]) == (30, 0)
+    with transaction(session_factory(sqlite)) as session:
+        report = audit.audit(session, AuditArgs.parse((), {"user_id": user}))
+    assert report["clean"], report["mismatches"]
+    assert expiry.expire_grants(sqlite, settings)["expired"] == 0

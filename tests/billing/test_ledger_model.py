@@ -3,19 +3,24 @@
 The model is the contract in a few lines of Python; the system under test is the real worker,
 PostgreSQL and Redis. Time moves by shifting the accounts' stored timestamps back, which for
 them is the same as the clock moving forward.
+
+Credit grants are modelled whole: each grant's remaining and status, the draw order, the
+parts a charge or hold drew, and what comes back to which grant (or is written off at once
+when its grant has closed).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests import db
-from tests.conftest import shift_clock
+from tests.conftest import grant_rows, shift_clock
 
 PERIOD = 30
 DAY_SECONDS = 86_400
@@ -24,6 +29,7 @@ TIERS = {"basic": 2, "standard": 4}
 ALIASES = {"pro": "standard"}
 COSTS = {"generation": 10, "assistant": 2}
 USERS = (501, 502, 503)  # 503 is an admin
+NOTICE_DAYS = 7  # BILLING_CREDIT_EXPIRY_NOTICE_DAYS, the default
 
 
 @dataclass
@@ -37,6 +43,76 @@ class Account:
     sub_reset: float = 0.0
     free_used: int = 0
     free_reset: float = 0.0
+    # key -> {amount, remaining, expires (model days, None: never), priority, category,
+    # status, seq}
+    grants: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def general(self) -> int:
+        return self.balance - sum(
+            g["remaining"] for g in self.grants.values() if g["status"] == "active"
+        )
+
+    def plan(self, amount: int) -> list[tuple[str | None, int]]:
+        """What taking ``amount`` credits takes from each grant, in draw order."""
+
+        def order(g: dict[str, Any]) -> tuple[Any, ...]:
+            expires = g["expires"]
+            never = expires is None
+            return (g["priority"], never, math.inf if never else expires,
+                    g["category"] == "paid", 1, g["seq"])  # fmt: skip
+
+        slots = [
+            (order(g), key, g["remaining"])
+            for key, g in self.grants.items()
+            if g["status"] == "active" and g["remaining"] > 0
+        ]
+        if self.general() > 0:
+            slots.append(((50, True, math.inf, True, 0, -1), None, self.general()))
+        parts, left = [], amount
+        for _, key, available in sorted(slots, key=lambda s: s[0]):
+            if left == 0:
+                break
+            taken = min(available, left)
+            parts.append((key, taken))
+            left -= taken
+        return parts
+
+    def take(self, parts: list[tuple[str | None, int]]) -> None:
+        for key, amount in parts:
+            if key is not None:
+                self.grants[key]["remaining"] -= amount
+            self.balance -= amount
+
+    def give_back_parts(self, parts: list[tuple[str | None, int]]) -> int:
+        """Back to their grants; what belongs to a closed grant is written off at once."""
+        lapsed = 0
+        for key, amount in parts:
+            if key is None:
+                self.balance += amount
+            elif self.grants[key]["status"] == "active":
+                self.grants[key]["remaining"] += amount
+                self.balance += amount
+            else:
+                lapsed += amount
+        return lapsed
+
+    def expire_grants(self, t: float) -> None:
+        for g in self.grants.values():
+            if g["status"] == "active" and g["expires"] is not None and g["expires"] <= t:
+                self.balance -= g["remaining"]
+                g["remaining"], g["status"] = 0, "expired"
+
+    def to_notify(self, t: float) -> list[dict[str, Any]]:
+        """Live grants within the expiry notice, not announced yet."""
+        return [
+            g
+            for g in self.grants.values()
+            if g["status"] == "active"
+            and g["remaining"] > 0
+            and not g["notified"]
+            and g["expires"] is not None
+            and t < g["expires"] <= t + NOTICE_DAYS
+        ]
 
     def refresh(self, t: float) -> None:
         if t - self.free_reset >= PERIOD:
@@ -60,20 +136,32 @@ class Model:
     charges: dict[str, dict[str, Any]] = field(default_factory=dict)
     refunded: set[str] = field(default_factory=set)
     holds: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seq: int = 0  # the order grants were made in
+    lapsed: int = 0  # what the last give-back wrote off
 
     def bring_up_to_date(self, user: int) -> None:
         """Lazy resets, then the expiry of the account's due holds: what every movement and
         every read that writes does first."""
         acc = self.accounts[user]
         acc.refresh(self.t)
+        acc.expire_grants(self.t)
         for hold in self.holds.values():
             if hold["user"] == user and hold["status"] == "held" and hold["expires"] <= self.t:
-                self.give_back(acc, hold["source"], hold["amount"], hold["t"])
+                self.give_back(acc, hold["source"], hold["amount"], hold["t"], hold["parts"])
                 hold["status"] = "expired"
+        for g in acc.to_notify(self.t):
+            g["notified"] = True
 
-    def give_back(self, acc: Account, source: str, amount: int, taken_at: float) -> int:
+    def give_back(
+        self,
+        acc: Account,
+        source: str,
+        amount: int,
+        taken_at: float,
+        parts: list[tuple[str | None, int]] | None = None,
+    ) -> int:
         if source == "credits":
-            acc.balance += amount
+            self.lapsed = acc.give_back_parts(parts if parts is not None else [(None, amount)])
         elif source in ("subscription", "freemium"):
             used, reset = (
                 ("sub_used", acc.sub_reset)
@@ -104,18 +192,21 @@ class Model:
             self.requests[key] = ((*fingerprint[:2], cost), outcome)
         return outcome
 
-    def draw(self, op: str, acc: Account, effective: int) -> tuple[str, int] | None:
+    def draw(
+        self, op: str, acc: Account, effective: int
+    ) -> tuple[str, int, list[tuple[str | None, int]]] | None:
         if acc.admin:
-            return "admin", 0
+            return "admin", 0, []
         if op == "generation" and acc.active(self.t) and acc.sub_used < acc.sub_limit:
             acc.sub_used += 1
-            return "subscription", 1
+            return "subscription", 1, []
         if op == "generation" and acc.free_used < FREEMIUM:
             acc.free_used += 1
-            return "freemium", 1
+            return "freemium", 1, []
         if acc.balance >= effective:
-            acc.balance -= effective
-            return "credits", effective
+            parts = acc.plan(effective)
+            acc.take(parts)
+            return "credits", effective, parts
         return None
 
     def reserve(self, op: str, user: int, key: str, cost: int | None, ttl: int) -> dict[str, Any]:
@@ -125,12 +216,12 @@ class Model:
             drawn = self.draw(op, acc, effective)
             if drawn is None:
                 return {"code": 402}
-            source, amount = drawn
+            source, amount, parts = drawn
             self.holds[key] = {
                 "user": user, "source": source, "amount": amount, "t": self.t,
-                "expires": self.t + ttl / DAY_SECONDS, "status": "held",
+                "expires": self.t + ttl / DAY_SECONDS, "status": "held", "parts": parts,
             }  # fmt: skip
-            return {"code": 200, "source": source, "amount": amount}
+            return {"code": 200, "source": source, "amount": amount, **_drawn(source, parts)}
 
         return self.keyed(key, user, (user, f"hold:{op}", effective), hold, asked=cost)
 
@@ -147,9 +238,11 @@ class Model:
             if hold["status"] != "held":
                 return {"code": 409, "status": hold["status"], "_cost": amount}
             kept = hold["amount"] if amount is None else amount
-            acc.balance += hold["amount"] - kept if hold["source"] == "credits" else 0
+            parts, rest = _split(hold["parts"], kept)
+            if hold["source"] == "credits":
+                acc.give_back_parts(rest)
             hold["status"] = "captured"
-            self.charges[key] = {**hold, "amount": kept}
+            self.charges[key] = {**hold, "amount": kept, "parts": parts}
             return {"code": 200, "amount": kept, "_cost": kept}
 
         return self.keyed(
@@ -168,9 +261,10 @@ class Model:
         def give(acc: Account) -> dict[str, Any]:
             if hold["status"] != "held":
                 return {"code": 409, "status": hold["status"]}
-            returned = self.give_back(acc, hold["source"], hold["amount"], hold["t"])
+            self.lapsed = 0
+            returned = self.give_back(acc, hold["source"], hold["amount"], hold["t"], hold["parts"])
             hold["status"] = "released"
-            return {"code": 200, "amount": returned}
+            return {"code": 200, "amount": returned, "expired": self.lapsed or None}
 
         return self.keyed(
             f"billing:release:{key}", hold["user"], (hold["user"], "release", None), give
@@ -191,18 +285,50 @@ class Model:
             drawn = self.draw(op, acc, effective)
             if drawn is None:
                 return {"code": 402}
-            source, amount = drawn
-            self.charges[key] = {"user": user, "source": source, "amount": amount, "t": self.t}
-            return {"code": 200, "source": source, "amount": amount}
+            source, amount, parts = drawn
+            self.charges[key] = {
+                "user": user, "source": source, "amount": amount, "t": self.t, "parts": parts,
+            }  # fmt: skip
+            return {"code": 200, "source": source, "amount": amount, **_drawn(source, parts)}
 
         return self.keyed(key, user, (user, op, effective), pay, asked=cost)
 
-    def grant(self, user: int, amount: int, key: str) -> dict[str, Any]:
+    def grant(
+        self, user: int, amount: int, key: str, terms: tuple[Any, ...] = (None, None, None)
+    ) -> dict[str, Any]:
+        days, priority, category = terms
+
         def top_up(acc: Account) -> dict[str, Any]:
             acc.balance += amount
+            self.seq += 1
+            acc.grants[key] = {
+                "amount": amount, "remaining": amount,
+                "expires": None if days is None else self.t + days,
+                "priority": 50 if priority is None else priority,
+                "category": category or "paid", "status": "active", "seq": self.seq,
+                "notified": False,
+            }  # fmt: skip
             return {"code": 200, "amount": amount}
 
-        return self.keyed(key, user, (user, "grant", amount), top_up, asked=amount)
+        plain = days is None and priority in (None, 50) and category in (None, "paid")
+        operation = "grant" if plain else ("grant", days, priority or 50, category or "paid")
+        return self.keyed(key, user, (user, operation, amount), top_up, asked=amount)
+
+    def void(self, key: str) -> dict[str, Any]:
+        owner = next((u for u, acc in self.accounts.items() if key in acc.grants), None)
+        if owner is None:
+            return {"code": 404}
+
+        def remove(acc: Account) -> dict[str, Any]:
+            g = acc.grants[key]
+            if g["status"] != "active":
+                return {"code": 409, "status": g["status"]}
+            left = g["remaining"]
+            acc.balance -= left
+            g["remaining"], g["status"] = 0, "voided"
+            return {"code": 200, "amount": left}
+
+        return self.keyed(f"billing:void:{key}", owner, (owner, "void", None), remove)
 
     def subscribe(self, user: int, tier: str, days: int, key: str) -> dict[str, Any]:
         canonical = ALIASES.get(tier, tier)
@@ -231,12 +357,50 @@ class Model:
         if key in self.refunded:
             return {"code": 200, "replayed": True}
         self.refunded.add(key)
-        amount = self.give_back(acc, charge["source"], charge["amount"], charge["t"])
-        return {"code": 200, "amount": amount, "replayed": False}
+        self.lapsed = 0
+        amount = self.give_back(
+            acc, charge["source"], charge["amount"], charge["t"], charge.get("parts")
+        )
+        return {"code": 200, "amount": amount, "replayed": False, "expired": self.lapsed or None}
 
     def reset_all(self) -> None:
         for acc in self.accounts.values():
             acc.refresh(self.t)
+
+    def expire_all_grants(self) -> None:
+        # The sweep takes the accounts with a grant due, or due for its expiring notice.
+        for user, acc in self.accounts.items():
+            due = any(
+                g["status"] == "active" and g["expires"] is not None and g["expires"] <= self.t
+                for g in acc.grants.values()
+            )
+            if due or acc.to_notify(self.t) or any(
+                g["status"] == "active" and g["remaining"] > 0 and not g["notified"]
+                and g["expires"] is not None and g["expires"] <= self.t + NOTICE_DAYS
+                for g in acc.grants.values()
+            ):  # fmt: skip
+                self.bring_up_to_date(user)
+
+
+def _drawn(source: str, parts: list[tuple[str | None, int]]) -> dict[str, Any]:
+    if source != "credits":
+        return {}
+    return {"credits_drawn": [{"grant": key, "amount": amount} for key, amount in parts]}
+
+
+def _split(
+    parts: list[tuple[str | None, int]], amount: int
+) -> tuple[list[tuple[str | None, int]], list[tuple[str | None, int]]]:
+    """The first ``amount`` of the parts (a capture keeps what was drawn first), and the rest."""
+    kept, rest, left = [], [], amount
+    for key, n in parts:
+        taken = min(n, left)
+        left -= taken
+        if taken:
+            kept.append((key, taken))
+        if n - taken:
+            rest.append((key, n - taken))
+    return kept, rest
 
 
 keys = st.integers(min_value=0, max_value=8).map(lambda n: f"k{n}")
@@ -266,6 +430,21 @@ operations = st.one_of(
     st.tuples(st.just("assistant"), users, keys, costs),
     st.tuples(st.just("grant"), users, keys, st.integers(min_value=1, max_value=40)),
     st.tuples(
+        st.just("grant"),
+        users,
+        keys,
+        st.integers(min_value=1, max_value=40),
+        # (days to expiry, priority, category): 0.004 days (346 s) outlive one small advance
+        # (432 s) by nothing, so they expire at the next one; the rest last longer.
+        st.tuples(
+            st.sampled_from([None, 0.004, 2, 20]),
+            st.sampled_from([None, 10, 50, 90]),
+            st.sampled_from([None, "promotional", "paid"]),
+        ),
+    ),
+    st.tuples(st.just("void"), keys),
+    st.tuples(st.just("expire_grants")),
+    st.tuples(
         st.just("subscribe"),
         users,
         keys,
@@ -290,6 +469,8 @@ def _check_account(worker, accounts, model: Model, user: int) -> None:
     acc = model.accounts[user]
     row = accounts.get(user)
     assert row.balance_credits == acc.balance
+    grants = {g.idempotency_key: (g.remaining, g.status) for g in grant_rows(accounts.engine, user)}
+    assert grants == {k: (g["remaining"], g["status"]) for k, g in acc.grants.items()}
     assert row.subscription_ops_used == acc.sub_used
     assert row.freemium_actions_used == acc.free_used
     assert row.subscription_type == acc.sub_type
@@ -349,6 +530,27 @@ SEEDS = [
         ("expire",),
         ("release", "k4"),
     ],
+    # Grants: the draw order, an expiry between a reserve and its release, a refund after
+    # its grant expired, a void while a hold keeps part of the grant, the sweep.
+    [
+        ("grant", 502, "k0", 10),
+        ("grant", 502, "k1", 12, (0.004, None, "promotional")),
+        ("grant", 502, "k2", 8, (None, 10, None)),
+        ("assistant", 502, "k3", 15),
+        ("reserve", "assistant", 502, "k4", 9, DAY_SECONDS),
+        ("advance", 0.005),
+        ("release", "k4"),
+        ("refund", "k3"),
+        ("grant", 501, "k5", 20, (20, 90, "paid")),
+        ("reserve", "assistant", 501, "k6", 6, DAY_SECONDS),
+        ("void", "k5"),
+        ("void", "k5"),
+        ("release", "k6"),
+        ("grant", 501, "k7", 5, (0.004, None, None)),
+        ("advance", 0.005),
+        ("expire_grants",),
+        ("void", "k7"),
+    ],
     # A hold taken at the end of a period, released in the next one, returns nothing.
     [
         ("reserve", "generation", 501, "k1", None, DAY_SECONDS),
@@ -387,6 +589,10 @@ def test_random_sequences_agree_with_the_model(worker, accounts, engine, setting
     for user in USERS:
         accounts.create(id=user, role="admin" if user == USERS[-1] else "user")
     model = Model()
+    # Grants made at one model time with the same term expire at the same instant: their
+    # expires_at is this run's start plus the term (the clock moves by shifting rows back).
+    started = datetime.now(UTC).replace(microsecond=0)
+    sent_terms: dict[tuple[str, Any], str] = {}
 
     for step in steps:
         kind, *args = step
@@ -398,9 +604,28 @@ def test_random_sequences_agree_with_the_model(worker, accounts, engine, setting
             got, want = send(user, key, **kwargs), model.charge(kind, user, key, cost)
             touched = [user]
         elif kind == "grant":
-            user, key, amount = args
-            got, want = worker.grant(user, amount, key), model.grant(user, amount, key)
+            user, key, amount, *terms = args
+            days, priority, category = terms[0] if terms else (None, None, None)
+            kwargs: dict[str, Any] = {}
+            if days is not None:
+                at = started + timedelta(days=days)
+                kwargs["expires_at"] = sent_terms.setdefault((key, days), at.isoformat())
+            if priority is not None:
+                kwargs["priority"] = priority
+            if category is not None:
+                kwargs["category"] = category
+            got = worker.grant(user, amount, key, **kwargs)
+            want = model.grant(user, amount, key, (days, priority, category))
             touched = [user]
+        elif kind == "void":
+            (key,) = args
+            got, want = worker.void_grant(key), model.void(key)
+            touched = list(USERS)
+        elif kind == "expire_grants":
+            worker.expire_grants()
+            model.expire_all_grants()
+            touched = list(USERS)
+            got = want = {}
         elif kind == "subscribe":
             user, key, tier, days = args
             got = worker.subscribe(user, tier, key, days=days)
@@ -452,6 +677,13 @@ def test_random_sequences_agree_with_the_model(worker, accounts, engine, setting
                 if h["user"] == user and h["status"] == "held" and h["source"] == "credits"
             )
             assert state["held"]["credits"] == open_credits
+            live = [
+                (k, g["remaining"])
+                for k, g in acc.grants.items()
+                if g["status"] == "active" and g["remaining"] > 0
+            ]
+            shown = [(g["key"], g["remaining"]) for g in state["credits"]["grants"]]
+            assert sorted(shown) == sorted(live)
             touched = [user]
             got = want = {}
 

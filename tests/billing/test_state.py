@@ -26,7 +26,7 @@ def test_state_for_a_subscriber(worker, accounts):
         "ops_remaining": 88,
         "resets_at": (as_utc(row.subscription_ops_reset_at) + timedelta(days=30)).isoformat(),
     }
-    assert state["credits"] == {"balance": 40}
+    assert state["credits"] == {"balance": 40, "grants": [], "expiring": None}
 
 
 def test_state_for_a_freemium_user(worker, accounts):
@@ -45,7 +45,7 @@ def test_state_for_a_freemium_user(worker, accounts):
         "remaining": limit - 1,
         "resets_at": (as_utc(row.freemium_reset_at) + timedelta(days=30)).isoformat(),
     }
-    assert state["credits"] == {"balance": 0}
+    assert state["credits"] == {"balance": 0, "grants": [], "expiring": None}
 
 
 def test_state_for_an_admin(worker, accounts):

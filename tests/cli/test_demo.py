@@ -49,7 +49,7 @@ def test_demo_on_the_embedded_default(demo):
     assert sum(int(row[4]) for row in table) == 40
     assert {row[1] for row in table} >= {"admin", "subscription", "credits", "not_enough_credits"}
     assert "state of the subscriber account:" in out and "its latest ledger entries:" in out
-    holds = out.split("holds on a credits-only account")[1]
+    holds = out.split("holds on a credits-only account")[1].split("promotional credits")[0]
     assert re.search(r"image delivered: capture\s+credits 10, hold captured", holds)
     assert re.search(r"generation failed: release\s+credits 10, hold released", holds)
     assert re.search(r"pipeline died; later\s+held now 0 credits", holds)
@@ -58,7 +58,13 @@ def test_demo_on_the_embedded_default(demo):
     # gave its 10 back, and the refused capture took nothing.
     balances = re.findall(r"^  (\S.*?)\s{2,}.*balance (\d+)$", holds, re.M)
     assert [int(b) for _step, b in balances] == [90, 90, 80, 90, 80, 90, 90], holds
+    promo = out.split("promotional credits that expire")[1].split("balance events")[0]
+    assert re.search(r"grant 15 promotional \(2 s to live\)\s+grant demo-\d+-promo", promo)
+    assert re.search(r"assistant call, cost 5\s+drew 5 from demo-\d+-promo\s+balance 100", promo)
+    # 90 after the holds, 15 granted, 5 spent from them, the other 10 expired.
+    assert re.search(r"the grant expired; later\s+0 live grants\s+balance 90", promo), promo
     events = out.split("balance events for the product:")[1]
+    assert re.search(r"credits.expired\s+pipeline with holds\s+demo-\d+-promo", events)
     assert "hold.expired             pipeline with holds    demo-" in events
     assert "subscription.expired     expired subscription" in events
     recorded, published = re.match(r" (\d+) recorded, (\d+) published", events).groups()

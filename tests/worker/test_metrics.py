@@ -9,7 +9,10 @@ import json
 import os
 import re
 import signal
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+from sqlalchemy import text
 
 from billing.core.settings import get_settings
 from tests.procs import celery_worker_process, children, free_port, sample, scrape, wait_until
@@ -49,6 +52,15 @@ def test_a_worker_serves_outcomes_summed_over_its_pool_and_the_state(accounts, e
         held = _send("billing.reserve_generation", user_id=paying, idempotency_key="h", cost=5)
         assert held["ok"]
         assert _send("billing.expire_holds")["ok"]
+        # Credits that expire and are voided: counted from the ledger at scrape time.
+        soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+        expiring = {"amount": 7, "idempotency_key": "gx", "expires_at": soon}
+        assert _send("billing.grant_credits", user_id=broke, **expiring)["ok"]
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE credit_grants SET expires_at = now() WHERE amount = 7"))
+        assert _send("billing.expire_grants")["credits_expired"] == 7
+        assert _send("billing.grant_credits", user_id=broke, amount=4, idempotency_key="gv")["ok"]
+        assert _send("billing.void_grant", idempotency_key="gv")["amount"] == 4
         # Accounts made with balances and counters the ledger does not explain: mismatches.
         audited = _send("billing.audit")
         assert audited["mismatch_count"] > 0
@@ -63,6 +75,8 @@ def test_a_worker_serves_outcomes_summed_over_its_pool_and_the_state(accounts, e
     def outcomes(samples: dict, task: str, code: str, source: str = "") -> float | None:
         return sample(samples, "billing_outcomes_total", task=task, code=code, source=source)
 
+    assert sample(before, "billing_credits_expired_total") == 7
+    assert sample(before, "billing_credits_voided_total") == 4
     generation = "billing.charge_generation"
     assert outcomes(before, generation, "200", "credits") == 4  # a replay is an outcome too
     assert outcomes(before, generation, "402") == 2
