@@ -61,6 +61,14 @@ class BillingResult:
     # A batch item that was not done (503 ``not_attempted`` or ``lock_timeout``): nothing was
     # written for it; send it again, under the same key.
     retry: bool = False
+    # A grant's or void's grant: {key, amount, remaining, expires_at, priority, category,
+    # status}.
+    grant: dict[str, Any] | None = None
+    # What a credits charge or reserve drew from each grant: [{grant (None: the general
+    # balance), amount}].
+    credits_drawn: list[dict[str, Any]] | None = None
+    # What a release, refund or capture gave back to grants that had closed: written off.
+    expired: int | None = None
     raw: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
 
     @classmethod
@@ -79,6 +87,9 @@ class BillingResult:
             state=answer.get("state"),
             hold=answer.get("hold"),
             retry=answer.get("retry") is True,
+            grant=answer.get("grant"),
+            credits_drawn=answer.get("credits_drawn"),
+            expired=answer.get("expired"),
             raw=answer,
         )
 

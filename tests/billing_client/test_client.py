@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import venv
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -218,3 +219,27 @@ def test_the_client_declares_the_queues_as_the_workers_do_on_rabbitmq():
     assert client.app.conf.broker_transport_options == {"confirm_publish": True}
     # On Redis, nothing of RabbitMQ's.
     assert not BillingClient(broker_url=REDIS_URL, result_backend=REDIS_URL).app.conf.task_queues
+
+
+def test_client_grants_with_terms_draws_and_voids(worker, accounts):
+    user = accounts.freemium_only()
+    client = BillingClient(broker_url=REDIS_URL, result_backend=REDIS_URL, timeout=30)
+    expires = datetime.now(UTC) + timedelta(days=3)
+
+    promo = client.grant_credits(
+        user, 25, "client-promo", expires_at=expires, priority=5, category="promotional"
+    )
+    pack = client.grant_credits(user, 40, "client-pack", meta={"payment": "pi_1"})
+    paid = client.charge_assistant(user, "client-job", cost=30)
+    voided = client.void_grant("client-pack", reason="chargeback")
+
+    assert promo.grant is not None and promo.grant["category"] == "promotional"
+    assert datetime.fromisoformat(promo.grant["expires_at"]) == expires
+    assert (pack.grant["priority"], pack.grant["expires_at"]) == (50, None)
+    assert paid.credits_drawn == [
+        {"grant": "client-promo", "amount": 25},
+        {"grant": "client-pack", "amount": 5},
+    ]
+    assert (voided.ok, voided.amount, voided.grant["status"]) == (True, 35, "voided")
+    with pytest.raises(ValueError, match="timezone-aware"):
+        client.grant_credits(user, 1, "naive", expires_at=datetime(2030, 1, 1))

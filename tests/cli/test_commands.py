@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import create_engine, inspect, text
@@ -89,6 +89,39 @@ def test_grant_then_state_and_ledger(engine, accounts):
     assert datetime.fromisoformat(created).utcoffset() is not None
     assert f"  {created} " in ledger.stdout
     assert accounts.get(user).balance_credits == 75
+
+
+def test_grants_with_terms_listed_in_draw_order_and_voided(engine, accounts):
+    user = accounts.create()
+
+    promo = billing(
+        "grant", str(user), "30", "--key", "cli-promo", "--expires-in-days", "14",
+        "--category", "promotional", "--json",
+    )  # fmt: skip
+    paid = billing("grant", str(user), "20", "--key", "cli-pack", "--priority", "10")
+    bad = billing("grant", str(user), "5", "--key", "cli-bad", "--expires-at", "tomorrow")
+    listed = billing("grants", str(user))
+    listed_json = billing("grants", str(user), "--json")
+    voided = billing("void-grant", "cli-promo", "--reason", "campaign withdrawn", "--json")
+    after = json.loads(billing("grants", str(user), "--json").stdout)
+
+    assert promo.returncode == 0 and paid.returncode == 0
+    grant = json.loads(promo.stdout)["grant"]
+    assert (grant["category"], grant["remaining"]) == ("promotional", 30)
+    expires = datetime.fromisoformat(grant["expires_at"])
+    assert timedelta(days=13.9) < expires - datetime.now(UTC) <= timedelta(days=14)
+    assert bad.returncode != 0 and "expires_at" in bad.stderr
+    # Priority 10 is drawn before priority 50, whatever expires first.
+    lines = listed.stdout.splitlines()
+    assert lines[1].startswith("cli-pack") and lines[2].startswith("cli-promo")
+    assert "balance 50, of which general 0" in listed.stdout
+    assert [g["key"] for g in json.loads(listed_json.stdout)["credits"]["grants"]] == [
+        "cli-pack",
+        "cli-promo",
+    ]
+    assert json.loads(voided.stdout)["amount"] == 30
+    assert [g["key"] for g in after["credits"]["grants"]] == ["cli-pack"]
+    assert accounts.get(user).balance_credits == 20
 
 
 def test_errors_are_one_line_with_exit_codes(engine):
