@@ -157,15 +157,21 @@ def to_notify(account: AccountRow, now: datetime, notice: timedelta) -> list[Gra
     ]
 
 
-def close(account: AccountRow, grant: GrantRow, status: GrantStatus, now: datetime) -> int:
+def close(
+    account: AccountRow, grant: GrantRow, status: GrantStatus, now: datetime
+) -> tuple[int, int]:
     """Close a grant (expired or voided): what is left of it leaves the balance. What open
-    holds keep from it is written off when it comes back (``give_back``)."""
+    holds keep from it is written off when it comes back (``give_back``). Answers what the
+    grant had left and what left the balance: the same, unless an operator set the balance
+    below what its grants hold. Then the balance goes to 0, never below, and the audit
+    reports the account's shortfall; one such account never stops a movement or a sweep."""
     left = grant.remaining
-    account.balance_credits -= left
+    taken = min(left, max(account.balance_credits, 0))
+    account.balance_credits -= taken
     grant.remaining = 0
     grant.status = status
     grant.closed_at = now
-    return left
+    return left, taken
 
 
 def view(grant: GrantRow) -> dict[str, Any]:

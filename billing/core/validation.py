@@ -23,6 +23,8 @@ MAX_LEDGER_PAGE = 200
 MAX_GRANT = 100_000_000
 MAX_SUBSCRIPTION_DAYS = 3660
 MAX_HOLD_TTL_SECONDS = 86_400
+# A grant that should never expire names no ``expires_at``; none may name this or later.
+LATEST_EXPIRY = datetime(9000, 1, 1, tzinfo=UTC)
 # A grant's priority when it names none; lower is drawn first (``billing.core.credits``).
 DEFAULT_PRIORITY = 50
 # Refunds and resets write ledger rows under keys of their own; producers cannot forge them.
@@ -151,7 +153,15 @@ class GrantArgs(MetaArgs, KeyArgs, UserArgs):
             raise ValueError("expires_at must be an ISO-8601 instant with a UTC offset") from None
         if parsed.tzinfo is None or parsed.utcoffset() is None:
             raise ValueError("expires_at must have a UTC offset (e.g. +00:00 or Z)")
-        return parsed.astimezone(UTC)
+        try:
+            instant = parsed.astimezone(UTC)
+        except OverflowError:
+            raise ValueError(f"expires_at must be before {LATEST_EXPIRY.isoformat()}") from None
+        # Any later and a database in a zone east of UTC prints it in year 10000, which
+        # neither psycopg nor Python reads back.
+        if instant >= LATEST_EXPIRY:
+            raise ValueError(f"expires_at must be before {LATEST_EXPIRY.isoformat()}")
+        return instant
 
     @property
     def fingerprint(self) -> str:

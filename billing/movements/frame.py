@@ -164,11 +164,12 @@ def bring_up_to_date(account: AccountRow, now: datetime, settings: Settings) -> 
 
 def expiry_entry(account: AccountRow, grant: GrantRow, now: datetime) -> Entry:
     """Expire ``grant`` on the locked account: what is left of it leaves the balance."""
-    left = credits.close(account, grant, GrantStatus.EXPIRED, now)
+    left, taken = credits.close(account, grant, GrantStatus.EXPIRED, now)
+    # ``amount`` is what left the balance; the part, what left the grant.
     return Entry(
         EntryType.EXPIRY,
         LedgerSource.CREDITS,
-        left,
+        taken,
         key=credits.expiry_key(grant.key),
         after=counters(account),
         grant_key=grant.key,

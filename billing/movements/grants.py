@@ -99,7 +99,7 @@ class Void(Movement):
                     replayed=False,
                 )
             )
-        voided = credits.close(account, grant, GrantStatus.VOIDED, now)
+        left, voided = credits.close(account, grant, GrantStatus.VOIDED, now)
         meta = {"reason": self.args.reason} if self.args.reason else None
         entry = Entry(
             EntryType.VOID,
@@ -107,7 +107,7 @@ class Void(Movement):
             voided,
             meta=meta,
             grant_key=grant.key,
-            parts=(Part(grant.key, voided),),
+            parts=(Part(grant.key, left),),
         )
         outcome = results.success(
             source=str(LedgerSource.CREDITS),

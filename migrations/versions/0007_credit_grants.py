@@ -228,8 +228,8 @@ def downgrade() -> None:
         raise RuntimeError(f"billing_events holds {events} grant events recorded after 0007")
     op.drop_index("ix_credits_ledger_closures", table_name="credits_ledger")
     if bind.dialect.name == "postgresql":
-        op.drop_constraint(GRANT_CHECK, "credits_ledger", type_="check")
-        op.drop_constraint(GRANT_FK, "credits_ledger", type_="foreignkey")
+        op.drop_constraint(op.f(GRANT_CHECK), "credits_ledger", type_="check")
+        op.drop_constraint(op.f(GRANT_FK), "credits_ledger", type_="foreignkey")
         op.drop_column("credits_ledger", "credit_parts")
         op.drop_column("credits_ledger", "grant_key")
         op.drop_column("billing_holds", "credit_parts")
@@ -243,10 +243,10 @@ def downgrade() -> None:
             ),
         }
         for name in checks:
-            op.drop_constraint(name, "credits_ledger", type_="check")
+            op.drop_constraint(op.f(name), "credits_ledger", type_="check")
         _recreate_enum("credits_ledger", "entry_type", "ledger_entry_type_enum", OLD_ENTRY_TYPES)
         for name, rule in checks.items():
-            op.create_check_constraint(name, "credits_ledger", rule)
+            op.create_check_constraint(op.f(name), "credits_ledger", rule)
         _recreate_enum("billing_events", "type", "billing_event_type_enum", OLD_EVENT_TYPES)
     else:
         with op.batch_alter_table("credits_ledger") as batch:
@@ -267,8 +267,9 @@ def downgrade() -> None:
                 type_=_enum("billing_event_type_enum", OLD_EVENT_TYPES),
                 existing_nullable=False,
             )
-        with op.batch_alter_table("billing_holds") as batch:
-            batch.drop_column("credit_parts")
+        # Not a batch: recreating billing_holds would drop a table the ledger refers to.
+        # SQLite drops a plain column in place (3.35 and later).
+        op.execute("ALTER TABLE billing_holds DROP COLUMN credit_parts")
     op.drop_index("ix_credit_grants_active_expires_at", table_name="credit_grants")
     op.drop_index("ix_credit_grants_active_user_id", table_name="credit_grants")
     op.drop_table("credit_grants")

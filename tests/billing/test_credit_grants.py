@@ -116,6 +116,10 @@ def test_a_grant_without_terms_is_paid_never_expiring_priority_50(worker, accoun
         ({"expires_at": "next tuesday"}, "expires_at"),
         ({"expires_at": 1893456000}, "expires_at"),
         ({"expires_at": "2001-01-01T00:00:00+00:00"}, "expires_at"),  # not later than now
+        # Past what every database zone prints and reads back, or past Python's range in UTC.
+        ({"expires_at": "9999-12-31T23:30:00Z"}, "expires_at"),
+        ({"expires_at": "9999-12-31T23:00:00-05:00"}, "expires_at"),
+        ({"expires_at": "0001-01-01T00:00:00+05:00"}, "expires_at"),
         ({"priority": 101}, "priority"),
         ({"priority": -1}, "priority"),
         ({"priority": True}, "priority"),
@@ -453,3 +457,49 @@ def test_void_is_refused_from_the_public_queue(worker, accounts, engine):
 
     assert (result["code"], result["error"]) == (403, "forbidden_queue")
     assert _remaining(engine, "gift") == (5, "active")
+
+
+# --- an operator's balance below what its grants hold ----------------------------------------
+
+
+def _set_balance(engine, user: int, balance: int) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE users SET balance_credits = :b WHERE id = :u"), {"b": balance, "u": user}
+        )
+
+
+def test_an_expiry_never_takes_the_balance_below_zero(worker, accounts, engine):
+    user = _account(accounts, engine)
+    worker.grant(user, 100, "over", expires_at=_in(3600))
+    _set_balance(engine, user, 30)  # an operator's fix, below what the grant holds
+    _expire_now(engine, "over")
+
+    charged = worker.charge_assistant(user, "after-fix", cost=ASSISTANT)
+
+    assert (charged["code"], charged["error"]) == (402, "not_enough_credits")
+    assert accounts.get(user).balance_credits == 0
+    (expiry,) = [r for r in ledger_rows(engine, user) if r.entry_type == "expiry"]
+    assert (expiry.amount, expiry.credit_parts) == (30, [{"grant": "over", "amount": 100}])
+    # The account works on; the audit names the operator's shortfall, not a crash.
+    assert worker.grant(user, 5, "after")["code"] == 200
+    fields = {m["field"] for m in worker.audit(user)["mismatches"]}
+    assert "balance_credits" in fields
+
+
+def test_one_short_account_never_stops_the_sweep_or_a_void(worker, accounts, engine):
+    short, fine = _account(accounts, engine), _account(accounts, engine)
+    worker.grant(short, 100, "short", expires_at=_in(3600))
+    worker.grant(short, 50, "short-never")
+    worker.grant(fine, 10, "fine", expires_at=_in(3600))
+    _set_balance(engine, short, 20)
+    _expire_now(engine, "short")
+    _expire_now(engine, "fine")
+
+    swept = worker.expire_grants()
+    voided = worker.void_grant("short-never")
+
+    assert swept["expired"] == 2
+    assert _remaining(engine, "fine") == (0, "expired")
+    assert (voided["code"], voided["amount"]) == (200, 0)
+    assert accounts.get(short).balance_credits == 0

@@ -25,6 +25,7 @@ TABLES = {
     "billing_holds",
     "billing_events",
     "billing_job_runs",
+    "credit_grants",
 }
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ENUMS = {
@@ -34,6 +35,8 @@ ENUMS = {
     "ledger_operation_enum",
     "hold_status_enum",
     "billing_event_type_enum",
+    "credit_category_enum",
+    "grant_status_enum",
 }
 
 

@@ -21,6 +21,8 @@ GRANTS = [
     "GRANT SELECT, INSERT, UPDATE, DELETE ON billing_events TO {role}",
     "GRANT USAGE ON SEQUENCE billing_events_id_seq TO {role}",
     "GRANT SELECT, INSERT, UPDATE ON billing_job_runs TO {role}",
+    "GRANT SELECT, INSERT, UPDATE ON credit_grants TO {role}",
+    "GRANT USAGE ON SEQUENCE credit_grants_id_seq TO {role}",
 ]
 
 

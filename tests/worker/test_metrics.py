@@ -26,6 +26,8 @@ TASKS = {
     "billing.grant_credits",
     "billing.reserve_generation",
     "billing.expire_holds",
+    "billing.expire_grants",
+    "billing.void_grant",
     "billing.audit",
 }
 
@@ -81,7 +83,7 @@ def test_a_worker_serves_outcomes_summed_over_its_pool_and_the_state(accounts, e
     assert outcomes(before, generation, "200", "credits") == 4  # a replay is an outcome too
     assert outcomes(before, generation, "402") == 2
     assert outcomes(before, "billing.charge_assistant", "422") == 1
-    assert outcomes(before, "billing.grant_credits", "200", "credits") == 1
+    assert outcomes(before, "billing.grant_credits", "200", "credits") == 3  # with gx and gv
     assert outcomes(before, "billing.reserve_generation", "200", "credits") == 1
     assert outcomes(after, generation, "200", "credits") == 4
     assert outcomes(after, generation, "402") == 3
