@@ -33,7 +33,7 @@ BALANCE = 1_000_000
 
 ACCOUNTS_SQL = """
 INSERT INTO users (id, freemium_actions_used, balance_credits)
-SELECT g, 5, :balance FROM generate_series(1, :n) AS g
+SELECT g, 5, :balance FROM generate_series(1, CAST(:n AS integer)) AS g
 """
 # For the accounts with grants: ``per`` live ones (their remaining is the whole balance, so no
 # general balance is left to draw first) and as many expired ones.
@@ -42,21 +42,24 @@ INSERT INTO credit_grants (user_id, idempotency_key, amount, remaining, expires_
                            category, status, created_at, closed_at)
 SELECT u, 'live-' || u || '-' || k, :each, :each, now() + (k || ' days')::interval, k % 100,
        CASE WHEN k % 2 = 0 THEN 'paid' ELSE 'promotional' END::credit_category_enum,
-       'active', now(), NULL
-FROM generate_series(:first, :last) AS u, generate_series(1, :per) AS k
+       'active'::grant_status_enum, now(), NULL
+FROM generate_series(CAST(:first AS integer), CAST(:last AS integer)) AS u,
+     generate_series(1, CAST(:per AS integer)) AS k
 UNION ALL
-SELECT u, 'old-' || u || '-' || k, 10, 0, now() - interval '1 day', 50, 'paid', 'expired',
+SELECT u, 'old-' || u || '-' || k, 10, 0, now() - interval '1 day', 50,
+       'paid'::credit_category_enum, 'expired'::grant_status_enum,
        now() - interval '2 days', now() - interval '1 day'
-FROM generate_series(:first, :last) AS u, generate_series(1, :per) AS k
+FROM generate_series(CAST(:first AS integer), CAST(:last AS integer)) AS u,
+     generate_series(1, CAST(:per AS integer)) AS k
 """
 DUE_SQL = """
 INSERT INTO users (id, freemium_actions_used, balance_credits)
-SELECT g, 5, 100 * 7 FROM generate_series(1, :accounts) AS g;
+SELECT g, 5, 100 * 7 FROM generate_series(1, CAST(:accounts AS integer)) AS g;
 INSERT INTO credit_grants (user_id, idempotency_key, amount, remaining, expires_at, priority,
                            category, status, created_at)
 SELECT u, 'due-' || u || '-' || k, 7, 7, now() - interval '1 second', 50, 'promotional',
        'active', now() - interval '1 day'
-FROM generate_series(1, :accounts) AS u, generate_series(1, 100) AS k
+FROM generate_series(1, CAST(:accounts AS integer)) AS u, generate_series(1, 100) AS k
 """
 PLAIN_EXPIRY = """
 WITH expired AS (
