@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
+from billing.core.clock import as_utc
 from models import (
     EntryType,
     EventType,
@@ -62,6 +63,20 @@ class GrantRow:
     expiring_notified_at: datetime | None = None
     id: int | None = None
     new: bool = False
+    # Its place in the draw order (``billing.core.credits.draw_order``), made once: the fields
+    # it is made of never change, and a charge orders an account's grants more than once.
+    order: tuple[Any, ...] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Aware UTC once, here, so the rules compare and print them as they are.
+        if self.expires_at is not None:
+            self.expires_at = as_utc(self.expires_at)
+        self.created_at = as_utc(self.created_at)
+
+    def mutable(self) -> tuple[Any, ...]:
+        """What a movement may change of it: the frame compares this before and after to
+        write only the grants it changed."""
+        return (self.remaining, self.status, self.closed_at, self.expiring_notified_at)
 
 
 # The credit_grants columns a GrantRow is read from, in its fields' order.

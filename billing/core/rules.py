@@ -7,24 +7,17 @@ these functions decide inside its own transaction.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from billing.core import credits
+from billing.core.clock import as_utc
 from billing.core.records import AccountRow, HoldRow, Restored
 from billing.core.settings import Settings
 from models import HoldStatus, LedgerSource, Operation, UserRole
 
 # users.balance_credits is a PostgreSQL integer: no movement may take a balance past it.
 MAX_BALANCE = 2**31 - 1
-
-
-def as_utc(value: datetime) -> datetime:
-    """The instant in UTC. psycopg hands ``timestamptz`` back in the session's TimeZone, and
-    Python subtracts, adds to and compares two datetimes of one zone by their wall clocks:
-    across a daylight-saving change that is an hour off. In UTC it is exact seconds. SQLite
-    hands back naive datetimes; everything we store is UTC."""
-    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def next_period_start(reset_at: datetime, now: datetime, period: timedelta) -> datetime | None:

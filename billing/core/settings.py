@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from datetime import timedelta
 from pathlib import Path
 
 from pydantic import Field, field_validator, model_validator
@@ -119,6 +120,11 @@ class Settings(BaseSettings):
         if self.low_credits_threshold is not None:
             return self.low_credits_threshold
         return self.generation_cost
+
+    @property
+    def credit_expiry_notice(self) -> timedelta:
+        """How long before a grant's ``expires_at`` its ``credits.expiring`` event goes."""
+        return timedelta(days=self.credit_expiry_notice_days)
 
     @property
     def embedded(self) -> bool:

@@ -12,7 +12,6 @@ ledger key would refuse a second one anyway.
 from __future__ import annotations
 
 import dataclasses
-from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Engine
@@ -46,11 +45,11 @@ def _sweep(engine: Engine, settings: Settings, batch: int, *, grants: bool) -> d
         store = SqlStore(conn)
         try:
             while True:
-                notice = timedelta(days=settings.credit_expiry_notice_days) if grants else None
+                notice = settings.credit_expiry_notice if grants else None
                 accounts, clock = store.lock_due(after, batch, grants=notice)
                 for account in accounts:
                     before = dataclasses.replace(account)
-                    grants_before = {g.key: dataclasses.replace(g) for g in account.grants}
+                    grants_before = {g.key: g.mutable() for g in account.grants}
                     now = rules.effective_now(account, clock)
                     update = frame.bring_up_to_date(account, now, settings)
                     changed = account != before

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from billing.core import credits, results, rules
 from billing.core.records import AccountRow
@@ -11,10 +11,6 @@ from billing.core.validation import UserArgs
 from billing.movements import frame, holds
 from billing.movements.frame import Decision, Movement
 from billing.movements.store import Store
-
-
-def notice(settings: Settings) -> timedelta:
-    return timedelta(days=settings.credit_expiry_notice_days)
 
 
 class BringUpToDate(Movement):
@@ -57,7 +53,7 @@ def get_state(
         not rules.refresh_changes(account, effective, settings)
         and not rules.due_holds(account, effective)
         and not credits.due(account, effective)
-        and not credits.to_notify(account, effective, notice(settings))
+        and not credits.to_notify(account, effective, settings.credit_expiry_notice)
     ):
         return _state(account, now, settings, with_holds)
     outcome = frame.run(store, BringUpToDate(args.user_id, with_holds), settings)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from billing.core import credits, events, results, rules, settlement
@@ -151,7 +151,7 @@ def bring_up_to_date(account: AccountRow, now: datetime, settings: Settings) -> 
     resets = rules.refresh(account, now, settings)
     entries = [expiry_entry(account, grant, now) for grant in credits.due(account, now)]
     expired = settlement.expire_due(account, now)
-    notices = credits.to_notify(account, now, timedelta(days=settings.credit_expiry_notice_days))
+    notices = credits.to_notify(account, now, settings.credit_expiry_notice)
     for grant in notices:
         grant.expiring_notified_at = now
     return Update(
@@ -177,21 +177,22 @@ def expiry_entry(account: AccountRow, grant: GrantRow, now: datetime) -> Entry:
     )
 
 
-def changed_grants(account: AccountRow, before: dict[str, GrantRow]) -> list[GrantRow]:
-    """The grants this movement made or changed, for the store to write."""
-    return [g for g in account.grants if g.new or before.get(g.key) != g]
+def changed_grants(account: AccountRow, before: dict[str, tuple[Any, ...]]) -> list[GrantRow]:
+    """The grants this movement made or changed (``before``: each one's ``mutable()`` as
+    loaded), for the store to write."""
+    return [g for g in account.grants if g.new or before.get(g.key) != g.mutable()]
 
 
 def _run(store: Store, movement: Movement, settings: Settings) -> results.Result:
     locked = store.lock(movement.user_id, movement.key, movement.hold_key, movement.grant_keys)
     account, now, update, changed = locked.account, locked.now, Update(), False
-    grants_before: dict[str, GrantRow] = {}
+    grants_before: dict[str, tuple[Any, ...]] = {}
     if account is not None:
         invalid = movement.invalid(account)
         if invalid is not None:
             raise Refused(invalid)
         before = dataclasses.replace(account)
-        grants_before = {g.key: dataclasses.replace(g) for g in account.grants}
+        grants_before = {g.key: g.mutable() for g in account.grants}
         now = rules.effective_now(account, locked.now)
         update = bring_up_to_date(account, now, settings)
         changed = account != before

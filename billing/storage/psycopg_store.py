@@ -499,6 +499,11 @@ def _hold(row: Sequence[Any]) -> HoldRow:
     )
 
 
+# By value, without the enum call's lookup machinery: an account may have hundreds of grants.
+_CATEGORIES = {member.value: member for member in GrantCategory}
+_STATUSES = {member.value: member for member in GrantStatus}
+
+
 def _grant(row: Sequence[Any]) -> GrantRow:
     """A grant as ``GRANT_COLUMNS`` reads it, as a JSON array (times as text)."""
     key, amount, remaining, expires_at, priority, category, created_at, status, *rest = row
@@ -509,9 +514,9 @@ def _grant(row: Sequence[Any]) -> GrantRow:
         remaining,
         _time(expires_at) if expires_at is not None else None,
         priority,
-        GrantCategory(category),
+        _CATEGORIES[category],
         _time(created_at),
-        GrantStatus(status),
+        _STATUSES[status],
         _time(closed_at) if closed_at is not None else None,
         _time(notified_at) if notified_at is not None else None,
         grant_id,

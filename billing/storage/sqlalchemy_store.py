@@ -10,11 +10,15 @@ The clock is ``db_now``: the database's on PostgreSQL, the process's on SQLite.
 
 from __future__ import annotations
 
+import enum
+import functools
+import json
 from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
     Column,
     Connection,
     Table,
@@ -23,11 +27,13 @@ from sqlalchemy import (
     func,
     or_,
     select,
+    text,
     union_all,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
+from sqlalchemy.sql.elements import TextClause
 
 from billing.core import records
 from billing.core.records import (
@@ -84,6 +90,100 @@ def insert_unless_exists(conn: Connection, table: Table) -> Insert:
     """INSERT ... ON CONFLICT DO NOTHING in the connection's dialect."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     return dialect.insert(table).on_conflict_do_nothing()
+
+
+def _insert_many(
+    conn: Connection, table: Table, rows: list[dict[str, Any]], *, unless_exists: bool = False
+) -> None:
+    """Many rows of one kind (a sweep's expiries and their events: thousands). A plain
+    executemany runs one statement a row, and on PostgreSQL most of a sweep's price was
+    that. There they go in one INSERT from one array a column; elsewhere as an executemany."""
+    if conn.dialect.name != "postgresql":
+        insert = insert_unless_exists(conn, table) if unless_exists else table.insert()
+        conn.execute(insert, rows)
+        return
+    names = list(rows[0])
+    conn.execute(_insert_from_arrays(table, tuple(names), unless_exists), _arrays(table, rows))
+
+
+@functools.cache
+def _insert_from_arrays(table: Table, names: tuple[str, ...], unless_exists: bool) -> TextClause:
+    dialect = postgresql.dialect()
+    arrays = ", ".join(
+        f"CAST(:{name} AS {table.c[name].type.compile(dialect=dialect)}[])" for name in names
+    )
+    conflict = " ON CONFLICT DO NOTHING" if unless_exists else ""
+    return text(
+        f"INSERT INTO {table.name} ({', '.join(names)}) SELECT * FROM unnest({arrays}){conflict}"
+    )
+
+
+def _arrays(table: Table, rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """One list a column, each value as its column's type would bind it (JSON as text)."""
+    arrays: dict[str, list[Any]] = {}
+    for name in rows[0]:
+        json_column = isinstance(table.c[name].type, JSON)
+        arrays[name] = [_json_text(row[name]) if json_column else _plain(row[name]) for row in rows]
+    return arrays
+
+
+def _json_text(value: Any) -> str | None:
+    return json.dumps(value) if value is not None else None
+
+
+def _plain(value: Any) -> Any:
+    # Enums (StrEnum) go as their text; the array's CAST makes them the column's type.
+    return str(value) if isinstance(value, enum.Enum) else value
+
+
+# An account's changed grants in one statement, whatever their number: one array a column.
+UPDATE_GRANTS_PG = text(
+    "UPDATE credit_grants AS g SET remaining = c.remaining,"
+    " status = CAST(c.status AS grant_status_enum), closed_at = c.closed_at,"
+    " expiring_notified_at = c.notified_at"
+    " FROM unnest(CAST(:keys AS text[]), CAST(:remaining AS integer[]),"
+    " CAST(:status AS text[]), CAST(:closed_at AS timestamptz[]),"
+    " CAST(:notified_at AS timestamptz[])) AS c(key, remaining, status, closed_at, notified_at)"
+    " WHERE g.user_id = :user_id AND g.idempotency_key = c.key"
+)
+
+
+def _update_grants(conn: Connection, user_id: int, grants: list[GrantRow]) -> None:
+    """What a movement changed of the account's grants: on PostgreSQL one UPDATE from
+    arrays; elsewhere an executemany."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            UPDATE_GRANTS_PG,
+            {
+                "user_id": user_id,
+                "keys": [g.key for g in grants],
+                "remaining": [g.remaining for g in grants],
+                "status": [str(g.status) for g in grants],
+                "closed_at": [g.closed_at for g in grants],
+                "notified_at": [g.expiring_notified_at for g in grants],
+            },
+        )
+        return
+    conn.execute(
+        update(GRANTS)
+        .where(GRANTS.c.idempotency_key == bindparam("grant_key"))
+        .values(
+            remaining=bindparam("remaining"),
+            status=bindparam("status"),
+            closed_at=bindparam("closed_at"),
+            expiring_notified_at=bindparam("notified_at"),
+        ),
+        [
+            {
+                "grant_key": g.key,
+                "remaining": g.remaining,
+                "status": g.status,
+                "closed_at": g.closed_at,
+                "notified_at": g.expiring_notified_at,
+            }
+            for g in grants
+        ],
+    )
 
 
 def db_now(conn: Connection) -> datetime:
@@ -216,8 +316,8 @@ class SqlStore:
         """``write`` without the COMMIT, for a batch of accounts in one transaction."""
         conn, account, entry, outcome = self.conn, writes.account, writes.entry, writes.outcome
         if account is not None and writes.changed:
-            values = {c: getattr(account, c) for c in ACCOUNT_COLUMNS if c not in ("id", "role")}
-            conn.execute(update(USERS).where(USERS.c.id == account.id).values(**values))
+            columns = {c: getattr(account, c) for c in ACCOUNT_COLUMNS if c not in ("id", "role")}
+            conn.execute(update(USERS).where(USERS.c.id == account.id).values(**columns))
         for reset in writes.resets:
             conn.execute(
                 insert_unless_exists(conn, RESETS).values(
@@ -250,11 +350,12 @@ class SqlStore:
                     .values(status=hold.status, settled_at=writes.at, captured=hold.captured)
                 )
         # Before the ledger rows that name them. A sweep writes many of each for one account:
-        # one executemany per kind, not a statement a row.
+        # a few multi-row statements per kind, not a statement (and a server round) a row.
         new = [g for g in writes.grants if g.new]
         if new:
-            conn.execute(
-                GRANTS.insert(),
+            _insert_many(
+                conn,
+                GRANTS,
                 [
                     {
                         "user_id": writes.user_id,
@@ -271,36 +372,18 @@ class SqlStore:
             )
         changed = [g for g in writes.grants if not g.new]
         if changed:
-            conn.execute(
-                update(GRANTS)
-                .where(GRANTS.c.idempotency_key == bindparam("grant_key"))
-                .values(
-                    remaining=bindparam("remaining"),
-                    status=bindparam("status"),
-                    closed_at=bindparam("closed_at"),
-                    expiring_notified_at=bindparam("notified_at"),
-                ),
-                [
-                    {
-                        "grant_key": g.key,
-                        "remaining": g.remaining,
-                        "status": g.status,
-                        "closed_at": g.closed_at,
-                        "notified_at": g.expiring_notified_at,
-                    }
-                    for g in changed
-                ],
-            )
+            _update_grants(conn, writes.user_id, changed)
         if len(writes.entries) > 1:
             # Rows with keys of their own that only this movement writes (expiries, a
             # capture's rest): under the account's lock nobody else can, so no race to detect.
-            conn.execute(LEDGER.insert(), [self._entry_values(writes, e) for e in writes.entries])
+            _insert_many(conn, LEDGER, [self._entry_values(writes, e) for e in writes.entries])
         else:
             for extra in writes.entries:
                 self._insert_entry(writes, extra)
         if writes.events:
-            conn.execute(
-                insert_unless_exists(conn, EVENTS),
+            _insert_many(
+                conn,
+                EVENTS,
                 [
                     {
                         "event_id": event.event_id,
@@ -313,6 +396,7 @@ class SqlStore:
                     }
                     for event in writes.events
                 ],
+                unless_exists=True,
             )
         ledger_id = None
         if entry is not None:
