@@ -69,6 +69,8 @@ class BillingResult:
     credits_drawn: list[dict[str, Any]] | None = None
     # What a release, refund or capture gave back to grants that had closed: written off.
     expired: int | None = None
+    # open_account: whether this call opened the account (False: it was open already).
+    opened: bool | None = None
     raw: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
 
     @classmethod
@@ -90,6 +92,7 @@ class BillingResult:
             grant=answer.get("grant"),
             credits_drawn=answer.get("credits_drawn"),
             expired=answer.get("expired"),
+            opened=answer.get("opened"),
             raw=answer,
         )
 
@@ -137,12 +140,17 @@ class BillingClient:
 
     def call(self, name: str, timeout: float | None = None, **kwargs: Any) -> BillingResult:
         """Send one task by name and wait for its answer."""
+        return self._call(name, self.queue_for(name), timeout, kwargs)
+
+    def _call(
+        self, name: str, queue: str, timeout: float | None, kwargs: dict[str, Any]
+    ) -> BillingResult:
         shown = masked(kwargs)
         try:
             pending = self.app.send_task(
                 name,
                 kwargs=kwargs,
-                queue=self.queue_for(name),
+                queue=queue,
                 kwargsrepr=saferepr(shown),
                 # When it was sent: the workers' queue-wait metric (worker.metrics).
                 headers={SENT_AT_HEADER: time.time()},
@@ -305,6 +313,15 @@ class BillingClient:
         self, idempotency_key: str, reason: str | None = None, timeout: float | None = None
     ) -> BillingResult:
         return self.call(names.REFUND, timeout, idempotency_key=idempotency_key, reason=reason)
+
+    def open_account(
+        self, user_id: int, role: str = "user", timeout: float | None = None
+    ) -> BillingResult:
+        """Open the account (nothing charged or granted), or answer it as it is; ``opened``
+        says which. An admin account is opened from the admin queue only: an admin passes
+        free."""
+        queue = self.admin_queue if role == "admin" else self.queue
+        return self._call(names.OPEN_ACCOUNT, queue, timeout, {"user_id": user_id, "role": role})
 
     def grant_credits(
         self,

@@ -6,6 +6,9 @@ CHARGE_ASSISTANT = "billing.charge_assistant"
 # Up to 100 charges (or reserves) in one message, each answered as its own message would be.
 CHARGE_BATCH = "billing.charge_batch"
 RESERVE_BATCH = "billing.reserve_batch"
+# Opens an account: on the public queue for role "user", on the admin queue only for "admin"
+# (an admin passes free).
+OPEN_ACCOUNT = "billing.open_account"
 GET_STATE = "billing.get_state"
 GET_LEDGER = "billing.get_ledger"
 GRANT_CREDITS = "billing.grant_credits"

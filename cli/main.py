@@ -84,6 +84,20 @@ def _cmd_flower(args: argparse.Namespace) -> int:
     os.execve(cmd[0], cmd, env)
 
 
+def _cmd_open_account(args: argparse.Namespace) -> int:
+    from billing.core.validation import OpenAccountArgs
+    from billing.movements import accounts
+
+    parsed = OpenAccountArgs.parse((), {"user_id": args.user_id, "role": args.role})
+    result = _on_store(accounts.open_account, parsed)
+    return _print(result, args.json, _format_opened)
+
+
+def _format_opened(result: dict[str, Any]) -> str:
+    said = "opened" if result["opened"] else "already open; nothing changed"
+    return f"account {said}\n" + format_state(result)
+
+
 def _cmd_grant(args: argparse.Namespace) -> int:
     from billing.core.validation import GrantArgs
     from billing.movements import grants
@@ -461,11 +475,21 @@ def _format_ledger(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("billing-processor")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="billing",
         description="Async billing processor: exactly-once charges on Celery and PostgreSQL.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("migrate", help="apply the database migrations")
@@ -509,6 +533,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="run without BILLING_FLOWER_BASIC_AUTH (anyone who reaches the port sees everything)",
     )
     p.set_defaults(func=_cmd_flower)
+
+    p = sub.add_parser("open-account", help="open an account (nothing charged or granted)")
+    p.add_argument("user_id", type=int)
+    p.add_argument("--role", choices=["user", "admin"], default="user", help="default: user")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_cmd_open_account)
 
     p = sub.add_parser("grant", help="add credits to an account (after a confirmed payment)")
     p.add_argument("user_id", type=int)

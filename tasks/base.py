@@ -167,7 +167,7 @@ class BillingTask(Task):
         and log one line per outcome."""
         started = time.perf_counter()
         settings = get_settings()
-        refused = self._refused_queue(settings)
+        refused = self._refused_queue(settings, kwargs)
         try:
             parsed = parser.parse(args, kwargs)
         except InvalidRequest as exc:
@@ -177,12 +177,16 @@ class BillingTask(Task):
         self._log(outcome, kwargs, started)
         return outcome
 
-    def _refused_queue(self, settings: Settings) -> results.Result | None:
+    def privileged(self, kwargs: dict[str, Any]) -> bool:
+        """Whether this message may run only from the admin queue."""
+        return self.name in PRIVILEGED
+
+    def _refused_queue(self, settings: Settings, kwargs: dict[str, Any]) -> results.Result | None:
         """A privileged task is run only from the admin queue: one taken from any other queue,
         or from a queue the worker cannot name, is refused before anything is read or written
         (and not remembered). The queue is the one the worker consumed the message from
         (``worker.routes`` writes it), never a field its producer wrote."""
-        if self.name not in PRIVILEGED:
+        if not self.privileged(kwargs):
             return None
         request = self.request
         delivery = getattr(request, "delivery_info", None) or {}

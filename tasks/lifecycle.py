@@ -11,17 +11,33 @@ from billing.core.settings import Settings
 from billing.core.validation import (
     AuditArgs,
     GrantArgs,
+    OpenAccountArgs,
     RefundArgs,
     SubscriptionArgs,
     VoidGrantArgs,
 )
 from billing.jobs import resets, runs, tiers
-from billing.movements import grants, refunds, subscriptions
+from billing.movements import accounts, grants, refunds, subscriptions
 from billing.reads import audit
 from tasks import names
 from tasks.base import SWEEP_TIME_LIMIT, BillingTask
 from worker.app import app
 from worker.db import get_engine, get_session_factory
+
+
+class OpenAccountTask(BillingTask):
+    def privileged(self, kwargs: dict[str, Any]) -> bool:
+        # An admin passes free: opening one is the back office's. Anything but "user" (or
+        # none) counts as asking for more, so a bad role on the public queue is a 403 too.
+        return kwargs.get("role") not in (None, "user")
+
+
+@app.task(bind=True, base=OpenAccountTask, name=names.OPEN_ACCOUNT)
+def open_account(
+    self: BillingTask, *args: Any, user_id: Any = None, role: Any = None, **unknown: Any
+) -> results.Result:
+    kwargs = {"user_id": user_id, "role": role, **unknown}
+    return self.execute(OpenAccountArgs, args, kwargs, accounts.open_account)
 
 
 @app.task(bind=True, base=BillingTask, name=names.GRANT_CREDITS)

@@ -193,6 +193,10 @@ class SubscriptionArgs(KeyArgs, UserArgs):
     days: int = Field(default=30, gt=0, le=MAX_SUBSCRIPTION_DAYS)
 
 
+class OpenAccountArgs(UserArgs):
+    role: Literal["user", "admin"] = "user"
+
+
 class RefundArgs(KeyArgs):
     reason: str | None = Field(default=None, max_length=500)
 

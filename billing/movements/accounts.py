@@ -7,10 +7,11 @@ from datetime import datetime
 from billing.core import credits, results, rules
 from billing.core.records import AccountRow
 from billing.core.settings import Settings
-from billing.core.validation import UserArgs
+from billing.core.validation import OpenAccountArgs, UserArgs
 from billing.movements import frame, holds
 from billing.movements.frame import Decision, Movement
 from billing.movements.store import Store
+from models import UserRole
 
 
 class BringUpToDate(Movement):
@@ -60,3 +61,16 @@ def get_state(
     if outcome["code"] == results.NOT_FOUND:  # gone between the two reads
         return results.user_not_found(args.user_id)
     return outcome
+
+
+def open_account(store: Store, args: OpenAccountArgs, settings: Settings) -> results.Result:
+    """Open the account ``user_id`` (nothing charged, nothing granted), or answer it as it is:
+    ``opened`` says which. The role is the one it was opened with: opening it again, with
+    any role, changes nothing."""
+    if not settings.v4_enabled:
+        return results.billing_disabled()
+    opened = store.open_account(args.user_id, UserRole(args.role))
+    read = get_state(store, UserArgs(user_id=args.user_id), settings)
+    if not read["ok"]:  # closed between the two (no task removes an account): say so
+        return read
+    return results.success(opened=opened, state=read["state"])

@@ -84,6 +84,10 @@ class Movement:
     hold_key: str | None = None  # the hold a capture or release settles
     # Grants the movement needs even when closed (a void's grant, a refund's parts' grants).
     grant_keys: tuple[str, ...] = ()
+    # Whether a 404 (no such account) is the key's outcome for good. A job refused is; money
+    # paid for an account not opened yet is not: the same key (a payment's id) must go
+    # through once the account is opened.
+    remembers_not_found: bool = True
 
     def enabled(self, settings: Settings) -> results.Result | None:
         """The refusal a disabled flag gives a new key, or None."""
@@ -313,10 +317,12 @@ def _remember_not_found(
         "idempotency_key": movement.key,
         "replayed": False,
     }
-    if movement.key is not None:  # a 404 is final for its key: the user may appear later
+    if movement.key is not None and movement.remembers_not_found:
         cost = movement.recorded_cost(settings)
         stored = StoredOutcome(movement.user_id, movement.operation, cost, outcome)
         store.write(Writes(movement.user_id, movement.key, now, outcome=stored))
+    else:
+        store.rollback()  # nothing to write: end the transaction the lock began
     return outcome
 
 

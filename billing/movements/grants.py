@@ -24,6 +24,8 @@ class Grant(Movement):
     past its ceiling. The grant's terms (expiry, priority, category) are part of the key's
     fingerprint: a resend that changes them is a 409."""
 
+    remembers_not_found = False  # paid for: it goes through once the account is opened
+
     def __init__(self, args: GrantArgs) -> None:
         self.args = args
         self.key = args.idempotency_key

@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Protocol
 
 from billing.core.records import AccountRow, ChargeRow, Locked, OutboxRow, Writes
+from models import UserRole
 
 
 class KeyRaced(Exception):
@@ -61,6 +62,10 @@ class Store(Protocol):
 
     def find_grant(self, key: str) -> int | None:
         """The account of the grant ``key``, which never changes, so no lock."""
+
+    def open_account(self, user_id: int, role: UserRole) -> bool:
+        """Create the account with every counter at its default, unless it exists (then
+        nothing changes, its role included), and COMMIT; whether it was created."""
 
     def lock_unpublished(self, user_ids: Collection[int] | None, limit: int) -> list[OutboxRow]:
         """Begin; lock up to ``limit`` unpublished events (of ``user_ids`` only, if given) in

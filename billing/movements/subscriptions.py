@@ -28,6 +28,8 @@ class Subscription(Movement):
     outcome even after the tier was renamed or removed from BILLING_TIERS.
     """
 
+    remembers_not_found = False  # paid for: it goes through once the account is opened
+
     def __init__(self, args: SubscriptionArgs) -> None:
         self.args = args
         self.key = args.idempotency_key

@@ -48,7 +48,7 @@ from billing.core.records import (
 )
 from billing.core.settlement import SETTLE_PREFIX
 from billing.movements.store import KeyRaced
-from models import GrantCategory, GrantStatus, HoldStatus, LedgerSource, Operation
+from models import GrantCategory, GrantStatus, HoldStatus, LedgerSource, Operation, UserRole
 
 COLUMNS = list(ACCOUNT_COLUMNS)
 WRITABLE = [c for c in COLUMNS if c not in ("id", "role")]
@@ -462,6 +462,16 @@ class PgStore:
             "SELECT user_id FROM credit_grants WHERE idempotency_key = %s", (key,)
         ).fetchone()
         return row[0] if row is not None else None
+
+    def open_account(self, user_id: int, role: UserRole) -> bool:
+        # One statement on the autocommit connection: atomic, and two opens of one account
+        # meet at its primary key.
+        row = self.conn.execute(
+            "INSERT INTO users (id, role) VALUES (%s, %s::user_role_enum)"
+            " ON CONFLICT (id) DO NOTHING RETURNING id",
+            (user_id, str(role)),
+        ).fetchone()
+        return row is not None
 
     def lock_unpublished(self, user_ids: Collection[int] | None, limit: int) -> list[OutboxRow]:
         # BEGIN and the locking read in one round trip, as a movement's first one.

@@ -63,6 +63,7 @@ from models import (
     HoldStatus,
     LedgerEntry,
     User,
+    UserRole,
 )
 
 USERS = User.__table__
@@ -532,6 +533,13 @@ class SqlStore:
             return self.conn.execute(
                 select(GRANTS.c.user_id).where(GRANTS.c.idempotency_key == key)
             ).scalar()
+
+    def open_account(self, user_id: int, role: UserRole) -> bool:
+        with self.conn.begin():
+            inserted = self.conn.execute(
+                insert_unless_exists(self.conn, USERS).values(id=user_id, role=role)
+            )
+            return inserted.rowcount == 1
 
     def lock_unpublished(self, user_ids: Collection[int] | None, limit: int) -> list[OutboxRow]:
         self.conn.begin()

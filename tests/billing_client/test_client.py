@@ -191,6 +191,19 @@ def test_client_result_object_and_rejections(worker, accounts):
     assert ledger.ok and ledger.raw["entries"] == []
 
 
+def test_client_opens_accounts_on_the_queue_their_role_needs(worker):
+    client = BillingClient(app, timeout=30)
+
+    opened = client.open_account(882_001)
+    again = client.open_account(882_001)
+    admin = client.open_account(882_002, role="admin")
+    paid = client.grant_credits(882_001, 25, "cl-open-pay")
+
+    assert (opened.code, opened.opened, again.opened) == (200, True, False)
+    assert (admin.code, admin.opened, admin.state["role"]) == (200, True, "admin")
+    assert (paid.code, paid.state["credits"]["balance"]) == (200, 25)
+
+
 def test_an_unknown_outcome_is_resolved_by_the_same_key_not_a_new_one(worker, accounts):
     # A worker charged the job, but the producer never heard: its wait timed out.
     user = accounts.credits_only()

@@ -24,6 +24,7 @@ SUBCOMMANDS = [
     "state",
     "ledger",
     "grant",
+    "open-account",
     "events",
     "status",
     "dead-letters",
@@ -65,6 +66,32 @@ def test_migrate_on_an_empty_database():
         )
     finally:
         engine.dispose()
+
+
+def test_open_account_then_grant_without_sql(engine):
+    opened = billing("open-account", "881001")
+    again = billing("open-account", "881001", "--json")
+    admin = billing("open-account", "881002", "--role", "admin", "--json")
+    granted = billing("grant", "881001", "40", "--key", "cli-open-pay")
+    bad = billing("open-account", "0")
+
+    assert opened.returncode == 0 and "account opened" in opened.stdout, opened.stderr
+    assert (json.loads(again.stdout)["opened"], json.loads(admin.stdout)["opened"]) == (
+        False,
+        True,
+    )
+    assert json.loads(admin.stdout)["state"]["role"] == "admin"
+    assert granted.returncode == 0 and "40 credits" in granted.stdout
+    assert bad.returncode == 2 and "invalid user_id" in bad.stderr
+
+
+def test_version_is_the_package_version():
+    from importlib.metadata import version
+
+    shown = billing("--version")
+
+    assert shown.returncode == 0
+    assert shown.stdout.strip() == f"billing {version('billing-processor')}"
 
 
 def test_grant_then_state_and_ledger(engine, accounts):
