@@ -83,3 +83,57 @@ def test_the_request_class_path_names_its_module():
 
     module, _, name = BillingTask.Request.partition(":")
     assert (module, name) == (BillingRequest.__module__, BillingRequest.__name__)
+
+
+def _locked() -> dict[str, str]:
+    from packaging.requirements import Requirement
+
+    pins: dict[str, str] = {}
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        if line and not line.startswith((" ", "#")):
+            requirement = Requirement(line)
+            (spec,) = requirement.specifier  # exactly one ==
+            assert spec.operator == "==", line
+            pins[_normal(requirement.name)] = spec.version
+    return pins
+
+
+def _normal(name: str) -> str:
+    return name.lower().replace("_", "-").replace(".", "-")
+
+
+def test_the_lock_pins_every_declared_dependency_inside_its_range():
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = [*project["dependencies"], *project["optional-dependencies"]["test"]]
+    pins = _locked()
+    for line in declared:
+        requirement = Requirement(line)
+        name = _normal(requirement.name)
+        assert name in pins, f"{name} is declared but not in requirements.lock: regenerate it"
+        assert requirement.specifier.contains(pins[name], prereleases=True), (line, pins[name])
+
+
+def test_the_suite_runs_on_the_locked_versions():
+    """What `.ci/run` installed through the lock is what the lock says: a lock the suite never
+    ran on is a guess."""
+    from importlib.metadata import distributions
+
+    from packaging.markers import default_environment
+
+    installed = {_normal(d.metadata["Name"]): d.version for d in distributions()}
+    environment = default_environment()
+    from packaging.requirements import Requirement
+
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        if not line or line.startswith((" ", "#")):
+            continue
+        requirement = Requirement(line)
+        if requirement.marker is not None and not requirement.marker.evaluate(environment):
+            continue  # another platform's or Python's package
+        name = _normal(requirement.name)
+        (spec,) = requirement.specifier
+        assert installed.get(name) == spec.version, (name, installed.get(name), spec.version)
