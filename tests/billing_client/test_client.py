@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import venv
@@ -29,11 +28,15 @@ from tests.procs import celery_worker_process
 from tests.services import REDIS_URL
 from worker import app
 
-ROOT = Path(billing_client.__file__).resolve().parent
+CLIENT_PACKAGE = Path(billing_client.__file__).resolve().parent.parent  # clients/python
+LOCK = CLIENT_PACKAGE.parent.parent / "requirements.lock"
+# What the client must not bring: the worker's packages, by distribution and by module.
+WORKER_ONLY = ("sqlalchemy", "psycopg", "alembic", "pydantic", "flower", "billing-processor")
 
 PRODUCER = """
 import json, sys
-for forbidden in ("sqlalchemy", "psycopg", "pydantic", "billing", "models", "worker", "tasks"):
+for forbidden in ("sqlalchemy", "psycopg", "pydantic", "alembic", "flower", "billing",
+                  "models", "worker", "tasks"):
     try:
         __import__(forbidden)
     except ImportError:
@@ -43,7 +46,9 @@ for forbidden in ("sqlalchemy", "psycopg", "pydantic", "billing", "models", "wor
 from billing_client import BillingClient, BillingFailed, BillingTimeout, OutcomeUnknown
 
 client = BillingClient(broker_url=sys.argv[1], result_backend=sys.argv[3], timeout=30)
-user = int(sys.argv[2])
+user, broke = int(sys.argv[2]), int(sys.argv[4])
+opened = client.open_account(user)
+granted = client.grant_credits(user, 100, "producer-pay-1", meta={"payment": "pi_1"})
 paid = client.charge_generation(user, "producer-1", meta={"job": "j-1"})
 again = client.charge_generation(user, "producer-1", meta={"job": "j-1"})
 refunded = client.refund("producer-1", reason="generation failed")
@@ -51,14 +56,23 @@ held = client.reserve_generation(user, "producer-2", ttl_seconds=60, meta={"job"
 captured = client.capture("producer-2", amount=4)
 held_too = client.reserve_assistant(user, "producer-3", cost=3)
 released = client.release("producer-3", reason="generation failed")
+unpaid = client.charge_assistant(broke, "producer-402")
+batch = client.charge_batch([
+    {"user_id": user, "idempotency_key": "producer-b1", "operation": "assistant", "cost": 2},
+    {"user_id": broke, "idempotency_key": "producer-b2", "operation": "assistant"},
+])
 state = client.get_state(user)
 print(json.dumps({
+    "opened": [opened.ok, opened.opened],
+    "granted": [granted.ok, granted.amount],
     "paid": [paid.ok, paid.code, paid.source, paid.amount, paid.replayed],
     "again": [again.ok, again.replayed, again.ledger_id == paid.ledger_id],
     "refunded": [refunded.ok, refunded.amount],
     "held": [held.ok, held.source, held.amount, held.hold["status"], held_too.amount],
     "captured": [captured.ok, captured.amount, captured.hold["status"]],
     "released": [released.ok, released.amount, released.hold["status"]],
+    "unpaid": [unpaid.code, unpaid.error, unpaid.payment_required],
+    "batch": [[item.code, item.amount] for item in batch],
     "balance": state.state["credits"]["balance"],
     "modules": sorted(m for m in sys.modules if m.split(".")[0] in ("sqlalchemy", "psycopg")),
 }))
@@ -66,42 +80,57 @@ print(json.dumps({
 
 
 @pytest.fixture(scope="module")
-def producer_python(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A virtualenv with Celery and nothing else of ours, and a copy of billing_client."""
+def producer_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A clean virtualenv with the billing-client distribution installed from
+    clients/python (through the lock) and nothing else."""
     root = tmp_path_factory.mktemp("producer")
     env_dir = root / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
     python = env_dir / "bin" / "python"
+    install = ["install", "-q", "--disable-pip-version-check", "-c", str(LOCK)]
     subprocess.run(
-        [python, "-m", "pip", "install", "-q", "--disable-pip-version-check", "celery[redis]"],
+        [python, "-m", "pip", *install, str(CLIENT_PACKAGE)],
         check=True,
         timeout=600,
+        cwd=root,  # not the checkout: nothing of ours on the path but what pip installed
     )
-    src = root / "src"
-    shutil.copytree(ROOT, src / "billing_client")
-    return python, src
+    return python
 
 
-def test_client_charges_from_a_celery_only_process(worker, accounts, producer_python):
-    user = accounts.credits_only()
-    python, src = producer_python
+def test_the_client_package_installs_celery_and_nothing_of_the_worker(producer_python):
+    listed = subprocess.run(
+        [producer_python, "-m", "pip", "list", "--format=json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    installed = {p["name"].lower().replace("_", "-") for p in json.loads(listed.stdout)}
+
+    assert {"billing-client", "celery", "redis", "kombu", "amqp"} <= installed
+    assert not {name for name in installed if name.startswith(WORKER_ONLY)}, installed
+
+
+def test_client_charges_from_a_celery_only_process(worker, accounts, producer_python, tmp_path):
+    user = accounts.credits_only(balance_credits=0)  # open: open_account answers it as it is
+    broke = accounts.no_funds()
     run = subprocess.run(
-        [python, "-c", PRODUCER, REDIS_URL, str(user), REDIS_URL],
-        cwd=src,
+        [producer_python, "-c", PRODUCER, REDIS_URL, str(user), REDIS_URL, str(broke)],
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=120,
     )
-    _check_producer_report(run, python)
+    _check_producer_report(run, producer_python)
 
 
 def test_client_on_rabbitmq_from_a_celery_only_process(
-    engine, accounts, producer_python, rabbitmq_url
+    engine, accounts, producer_python, rabbitmq_url, tmp_path
 ):
     """The same producer on RabbitMQ: it declares the quorum queues as the worker does (a
     different declaration would be refused) and its publishes are confirmed."""
-    user = accounts.credits_only()
-    python, src = producer_python
+    user = accounts.credits_only(balance_credits=0)
+    broke = accounts.no_funds()
+    python = producer_python
     env = {
         "BILLING_BROKER_URL": rabbitmq_url,
         "BILLING_QUEUE": "billing",
@@ -110,8 +139,8 @@ def test_client_on_rabbitmq_from_a_celery_only_process(
     producer = Celery("control", broker=rabbitmq_url)
     with celery_worker_process("billing,billing-admin", 2, env=env, control_app=producer):
         run = subprocess.run(
-            [python, "-c", PRODUCER, rabbitmq_url, str(user), REDIS_URL],
-            cwd=src,
+            [python, "-c", PRODUCER, rabbitmq_url, str(user), REDIS_URL, str(broke)],
+            cwd=tmp_path,
             capture_output=True,
             text=True,
             timeout=120,
@@ -162,13 +191,17 @@ def test_a_message_rabbitmq_refuses_raises_not_confirmed(rabbitmq_url):
 def _check_producer_report(run: subprocess.CompletedProcess, python: Path) -> None:
     assert run.returncode == 0, run.stderr
     report = json.loads(run.stdout)
+    assert report["opened"] == [True, False]
+    assert report["granted"] == [True, 100]
     assert report["paid"] == [True, 200, "credits", 10, False]
     assert report["again"] == [True, True, True]
     assert report["refunded"] == [True, 10]
     assert report["held"] == [True, "credits", 10, "held", 3]
     assert report["captured"] == [True, 4, "captured"]
     assert report["released"] == [True, 3, "released"]
-    assert report["balance"] == 96
+    assert report["unpaid"] == [402, "not_enough_credits", True]
+    assert report["batch"] == [[200, 2], [402, None]]
+    assert report["balance"] == 94
     assert report["modules"] == []
     assert sys.executable != str(python)
 
