@@ -1,6 +1,7 @@
 """``billing demo``: the processor end to end, on the embedded default or the configured services.
 
-It migrates, starts a worker and a beat, creates one account of each kind, sends a stream of
+It migrates, starts a worker and a beat, opens one account of each kind through
+``billing.open_account`` and funds it through the back office's tasks, sends a stream of
 generation and assistant charges by task name (as the image pipeline does), then three jobs
 the way the pipeline runs them with holds (one delivered and captured, one failed and
 released, one whose pipeline died, left to expire), prints what happened and the balance
@@ -16,6 +17,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from billing.core.settings import get_settings
@@ -64,6 +66,62 @@ def _accounts(run: int) -> dict[str, dict[str, Any]]:
     }
 
 
+# What only time (or a row from before a tier's rename) makes: the demo writes it over the
+# opened accounts, as 30 days of use would have left them.
+AGED = ("subscription_type", "subscription_end", "subscription_ops_used", "freemium_actions_used")
+
+
+def _open(app, accounts: dict[str, dict[str, Any]], run_id: int) -> None:
+    """Open every account as a product does (``billing.open_account``; an admin from the admin
+    queue), then fund it as the back office does: credits by ``billing.grant_credits``,
+    subscriptions by ``billing.activate_subscription``."""
+    settings = get_settings()
+
+    def send(task: str, queue: str, **kwargs: Any) -> dict:
+        answer = app.send_task(task, kwargs=kwargs, queue=queue).get(timeout=60)
+        assert answer["ok"], (task, answer)
+        return answer
+
+    for kind, columns in accounts.items():
+        user, tag = columns["id"], f"demo-{run_id}-{kind.replace(' ', '-')}"
+        admin = columns.get("role") == UserRole.ADMIN
+        send(
+            names.OPEN_ACCOUNT,
+            settings.admin_queue if admin else settings.queue,
+            user_id=user,
+            role="admin" if admin else "user",
+        )
+        if columns.get("balance_credits"):
+            send(
+                names.GRANT_CREDITS,
+                settings.admin_queue,
+                user_id=user,
+                amount=columns["balance_credits"],
+                idempotency_key=f"{tag}-credits",
+            )
+        tier = settings.canonical_tier(columns.get("subscription_type"))
+        if tier is not None:
+            send(
+                names.ACTIVATE_SUBSCRIPTION,
+                settings.admin_queue,
+                user_id=user,
+                tier=tier,
+                idempotency_key=f"{tag}-subscription",
+            )
+
+
+def _age(db_url: str, accounts: dict[str, dict[str, Any]]) -> None:
+    engine = create_db_engine(db_url, pool_size=1)
+    try:
+        with Session(engine) as session, session.begin():
+            for columns in accounts.values():
+                aged = {k: v for k, v in columns.items() if k in AGED}
+                if aged:
+                    session.execute(update(User).where(User.id == columns["id"]).values(**aged))
+    finally:
+        engine.dispose()
+
+
 def _progress(done: int, total: int) -> None:
     if not sys.stdout.isatty():  # a log file gets the count once, not a redrawn bar
         if done == total:
@@ -96,14 +154,6 @@ def run(charges: int = 60, concurrency: int = 2) -> int:
 
     run_id = int(time.time()) % 1_000_000
     accounts = _accounts(run_id)
-    engine = create_db_engine(db_url, pool_size=1)
-    try:
-        with Session(engine) as session, session.begin():
-            for columns in accounts.values():
-                session.add(User(**columns))
-    finally:
-        engine.dispose()
-    print(f"  created {len(accounts)} demo accounts (ids from {DEMO_ID_BASE + run_id * 100})")
 
     log = settings.data_dir.resolve() / "demo.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -115,6 +165,9 @@ def run(charges: int = 60, concurrency: int = 2) -> int:
     ):
         processes.wait_for_worker(app, worker, processes.node_name(hostname))
         print(f"  worker ({concurrency} processes) and beat running; logs in {log}")
+        _open(app, accounts, run_id)
+        _age(db_url, accounts)
+        print(f"  opened {len(accounts)} demo accounts (ids from {DEMO_ID_BASE + run_id * 100})")
         outcomes = _drive(app, accounts, charges, run_id)
         held = _holds(app, accounts["pipeline with holds"]["id"], run_id)
         granted = _expiring_grant(app, accounts["pipeline with holds"]["id"], run_id)
@@ -232,7 +285,8 @@ def _report_grant(steps: list[tuple[str, dict]]) -> None:
         elif "grant" in answer:
             what = f"grant {answer['grant']['key']}, expires {answer['grant']['expires_at']}"
         else:
-            what = f"{len(credits.get('grants', []))} live grants"
+            live = len(credits.get("grants", []))
+            what = f"{live} live grant{'' if live == 1 else 's'}"
         print(f"  {step:<34} {what:<58} balance {credits.get('balance', '')}")
 
 
