@@ -44,7 +44,7 @@ broker_transport_options = (
 if rabbitmq.is_amqp(broker_url):
     # RabbitMQ: quorum queues with a delivery limit and the dead-letter queue, topic exchanges
     # for native delayed delivery, publisher confirms (billing_client.rabbitmq). Its
-    # consumer_timeout plays the visibility timeout's part (README: Brokers).
+    # consumer_timeout plays the visibility timeout's part (docs/deployment.md: Brokers).
     task_queues = rabbitmq.task_queues(
         _settings.queue, _settings.admin_queue, _settings.delivery_limit
     )

@@ -320,7 +320,7 @@ def _format_status(result: dict[str, Any]) -> str:
         if dead is None
         else [
             f"dead:     {dead} in {rabbitmq.DEAD_LETTER_QUEUE}"
-            + (" (README: Runbook, Dead letters)" if dead else "")
+            + (" (docs/operations.md: Runbook, BillingDeadLetters)" if dead else "")
         ]
     )
     return "\n".join(

@@ -21,7 +21,7 @@ from billing_client import rabbitmq
 from tests.services import RABBITMQ_URL, REDIS_URL
 
 # Redis loses a message caught between kombu's pop and its unacked record when the worker
-# holding it dies or Redis restarts: its producer resends the key (README: Brokers).
+# holding it dies or Redis restarts: its producer resends the key (docs/deployment.md: Brokers).
 # RabbitMQ loses none, so a producer never has to.
 REDIS_RESENDS_ALLOWED = 8
 

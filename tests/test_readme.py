@@ -1,8 +1,9 @@
-"""Every code block of the README that is meant to run runs here, as written, against the
-tests' services and the session's worker: the producer, the holds, the batch, the account
-lifecycle and admin tasks, the ``billing_client`` flow, the events consumer and the ``billing``
-commands. A block that is not meant to run says so, and why, in an HTML comment just before
-it (``<!-- not-run: reason -->``); JSON and ``text`` blocks are samples of output, not code.
+"""Every code block of the README and the docs site (``docs/``) that is meant to run runs
+here, as written, against the tests' services and the session's worker: the producer, the
+holds, the batch, the account lifecycle and admin tasks, the ``billing_client`` flow, the
+events consumer and the ``billing`` commands. A block that is not meant to run says so, and
+why, in an HTML comment just before it (``<!-- not-run: reason -->``); JSON and ``text``
+blocks are samples of output, not code.
 
 The blocks read their URLs from the environment, as the README's readers do
 (``BILLING_BROKER_URL``, ``BILLING_RESULT_BACKEND``): the tests' services. The account they use
@@ -43,15 +44,21 @@ from tests.conftest import RESULT_TIMEOUT, event_rows
 from tests.procs import LOG_DIR, wait_until
 from worker import app as worker_app
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+# The pages whose blocks run here: the README and every page of the docs site.
+PAGES = [README, *sorted((ROOT / "docs").rglob("*.md"))]
+# The page with the tasks table and the events consumer.
+PRODUCERS = ROOT / "docs" / "producers.md"
 USER = 42  # the account every example uses
-# Output and data samples; every other block runs here or says why it does not.
-DATA = frozenset({"json", "text"})
+# Output and data samples, and diagrams; every other block runs here or says why it does not.
+DATA = frozenset({"json", "text", "mermaid"})  # mermaid: a diagram, drawn by the renderer
 RUNNERS = frozenset({"python", "sh"})
 
 
 @dataclass(frozen=True)
 class Block:
+    page: str  # relative to the checkout
     line: int
     lang: str
     code: str
@@ -60,7 +67,8 @@ class Block:
 
     @property
     def id(self) -> str:
-        return f"line{self.line}-{re.sub(r'[^a-z0-9]+', '-', self.section.lower()).strip('-')}"
+        where = re.sub(r"[^a-z0-9]+", "-", f"{self.page} {self.section}".lower()).strip("-")
+        return f"{where}-line{self.line}"
 
     @property
     def not_run_reason(self) -> str | None:
@@ -68,7 +76,7 @@ class Block:
         return found.group(1).strip() if found else None
 
 
-def readme_blocks(readme: str) -> list[Block]:
+def readme_blocks(readme: str, page: str = "README.md") -> list[Block]:
     blocks: list[Block] = []
     lines = readme.splitlines()
     section, i = "", 0
@@ -83,6 +91,7 @@ def readme_blocks(readme: str) -> list[Block]:
             marker = re.fullmatch(r"<!--\s*(.*?)\s*-->", before)
             blocks.append(
                 Block(
+                    page=page,
                     line=i + 1,
                     lang=opening.group(1),
                     code="\n".join(lines[i + 1 : end]) + "\n",
@@ -95,7 +104,11 @@ def readme_blocks(readme: str) -> list[Block]:
     return blocks
 
 
-BLOCKS = readme_blocks(README.read_text())
+BLOCKS = [
+    block
+    for path in PAGES
+    for block in readme_blocks(path.read_text(), str(path.relative_to(ROOT)))
+]
 CONSUMER = [b for b in BLOCKS if b.marker == "consumer-example"]
 PYTHON = [
     b for b in BLOCKS if b.lang == "python" and b.not_run_reason is None and b not in CONSUMER
@@ -124,12 +137,12 @@ def only_billing_commands(block: Block) -> bool:
 
 def test_every_code_block_runs_here_or_says_why_not():
     unaccounted = [
-        f"README.md:{b.line} ({b.lang or 'no language'})"
+        f"{b.page}:{b.line} ({b.lang or 'no language'})"
         for b in BLOCKS
         if b.lang not in DATA and b.lang not in RUNNERS and b.not_run_reason is None
     ]
-    no_reason = [f"README.md:{b.line}" for b in BLOCKS if b.not_run_reason == ""]
-    not_billing = [f"README.md:{b.line}" for b in SHELL if not only_billing_commands(b)]
+    no_reason = [f"{b.page}:{b.line}" for b in BLOCKS if b.not_run_reason == ""]
+    not_billing = [f"{b.page}:{b.line}" for b in SHELL if not only_billing_commands(b)]
 
     assert not unaccounted, f"blocks neither run nor marked <!-- not-run: why -->: {unaccounted}"
     assert not no_reason, f"<!-- not-run: --> without a reason: {no_reason}"
@@ -139,7 +152,7 @@ def test_every_code_block_runs_here_or_says_why_not():
 
 def test_the_tasks_table_names_each_tasks_queue_as_the_workers_route_it():
     settings = get_settings()
-    rows = re.findall(r"^\| `(billing\.[a-z_]+)` \| `([a-z-]+)` \|", README.read_text(), re.M)
+    rows = re.findall(r"^\| `(billing\.[a-z_]+)` \| `([a-z-]+)` \|", PRODUCERS.read_text(), re.M)
     worker_app.loader.import_default_modules()  # the task modules, as a worker imports them
     registered = {name for name in worker_app.tasks if name.startswith("billing.")}
 
@@ -249,7 +262,7 @@ def test_python_block_runs_as_written(block, worker, accounts, engine, tracked):
         calls: list[str] = []
         namespace = _readers_code(calls, generation_fails)
         try:
-            code = compile(block.code, f"README.md:{block.line}", "exec")
+            code = compile(block.code, f"{block.page}:{block.line}", "exec")
             if generation_fails:
                 with pytest.raises(GenerationFailed):
                     _run(code, namespace)
@@ -370,3 +383,49 @@ def test_the_events_consumer_runs_as_written(worker, accounts, engine, settings_
     assert first == published  # each once, in order
     assert again == published  # the duplicates changed nothing
     assert log.read_text().count("skipped") == len(published)
+
+
+# --- the pages generated from the code ----------------------------------------------------
+
+
+def test_the_task_reference_and_env_example_are_what_the_code_generates():
+    from cli import reference
+
+    assert (ROOT / "docs" / "reference" / "tasks.md").read_text() == reference.render_tasks(), (
+        "docs/reference/tasks.md is stale: run python -m cli.reference"
+    )
+    assert (ROOT / ".env.example").read_text() == reference.render_env(), (
+        ".env.example is stale: run python -m cli.reference"
+    )
+
+
+def test_the_task_reference_lists_every_task_with_the_model_it_parses():
+    from billing.core import validation
+    from cli import reference
+
+    models = reference.parsed_models()
+    worker_app.loader.import_default_modules()
+
+    assert set(models) == {name for name in worker_app.tasks if name.startswith("billing.")}
+    assert models["billing.charge_generation"] is validation.ChargeArgs
+    assert models["billing.open_account"] is validation.OpenAccountArgs
+    page = (ROOT / "docs" / "reference" / "tasks.md").read_text()
+    assert "| `cost` | int \\| None | `null` | > 0, <= 1,000,000 |" in page
+
+
+def test_every_error_the_code_answers_is_in_the_contract():
+    """Every error identifier a module defines is in the contract's table of codes."""
+    import billing
+
+    contract = PRODUCERS.read_text()
+    table = set(re.findall(r"^\| \d{3} \| (.+?) \|", contract, re.M))
+    listed = {code for cell in table for code in re.findall(r"`([a-z_]+)`", cell)}
+    # The modules that answer errors: the result contract and the movements.
+    package = Path(billing.__file__).parent
+    modules = [package / "core" / "results.py", *(package / "movements").glob("*.py")]
+    defined = set()
+    for path in modules:
+        defined |= set(re.findall(r'^[A-Z_]+ = "([a-z]+_[a-z_]+)"$', path.read_text(), re.M))
+
+    assert defined, "no error identifiers found"
+    assert defined <= listed, f"not in the contract's table: {sorted(defined - listed)}"

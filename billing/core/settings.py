@@ -24,7 +24,8 @@ class Settings(BaseSettings):
 
     queue: str = "billing"
     # Tasks that mint or move money outside a job (grants, subscriptions, refunds) and the
-    # back office's jobs go here; only the back office may push to it (README: Redis ACLs).
+    # back office's jobs go here; only the back office may push to it (docs/deployment.md,
+    # Redis ACLs).
     admin_queue: str = Field(default="billing-admin", min_length=1)
     v4_enabled: bool = True
     ledger_enabled: bool = True

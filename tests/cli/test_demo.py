@@ -1,5 +1,5 @@
 """`billing demo` runs to completion on the embedded default, as a new user would run it, and
-the README's consumer receives every event it published, once after de-duplication."""
+the docs' consumer (Producers) receives every event it published, once after de-duplication."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import pytest
 
 from tests.procs import wait_until
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+# The docs page with the events consumer the product runs.
+PRODUCERS = Path(__file__).resolve().parents[2] / "docs" / "producers.md"
 
 
 def _embedded_env(data: Path) -> dict[str, str]:
@@ -110,7 +111,7 @@ def _accounts_of(database: Path) -> dict[str, int]:
 
 
 def _per_account(events: list[tuple[str, str]], accounts: dict[str, int]) -> dict[int, list]:
-    """The README promises order per account only: two workers publish two accounts' events
+    """The docs promise order per account only: two workers publish two accounts' events
     in whatever order their commits land."""
     split: dict[int, list[tuple[str, str]]] = {}
     for event in events:
@@ -135,7 +136,7 @@ def test_the_readme_consumer_receives_every_demo_event_once(demo, tmp_path):
     data, _out = demo
     published = _events(data / "billing.sqlite")
     assert {kind for _id, kind in published} >= {"hold.expired", "subscription.expired"}
-    example = README.read_text().split("<!-- consumer-example -->")[1]
+    example = PRODUCERS.read_text().split("<!-- consumer-example -->")[1]
     code = example.split("```python")[1].split("```")[0]
     (tmp_path / "product_events.py").write_text(code)
     product_db = tmp_path / "product.sqlite"

@@ -13,7 +13,7 @@ its own (``configure(app.conf, ...)``).
   refuses raises (``amqp.exceptions.MessageNacked``) after Celery's publish retries.
 - A message that kills its worker again and again (each death puts it back with its delivery
   count raised) is moved to the dead-letter queue after ``delivery_limit`` redeliveries,
-  instead of going round for ever; an operator looks at it there (README: Runbook).
+  instead of going round for ever; an operator looks at it there (docs/operations.md: Runbook).
 - The exchanges are topic exchanges: Celery's native delayed delivery (a countdown or an ETA,
   as the retries use) routes through ``celery_delayed_*`` topic exchanges and back to the
   queue by a ``#.<queue>`` binding, which a direct exchange cannot take. A delayed message
