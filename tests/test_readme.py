@@ -16,6 +16,7 @@ Every task a block sends must be waited for (a missing ``.get()`` fails) and mus
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -429,3 +430,27 @@ def test_every_error_the_code_answers_is_in_the_contract():
 
     assert defined, "no error identifiers found"
     assert defined <= listed, f"not in the contract's table: {sorted(defined - listed)}"
+
+
+def test_env_example_loads_in_a_shell_as_getting_started_says(tmp_path):
+    """Sourced with `set -a` as the page loads it, every value parses as its setting."""
+    probe = (
+        "import json; from billing.core.settings import Settings; s = Settings(); "
+        "print(json.dumps({'tiers': s.tiers, 'aliases': s.tier_aliases, 'queue': s.queue}))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
+    script = f'set -a && . "$1" && set +a && exec "$2" -c "{probe}"'
+    loaded = subprocess.run(
+        ["bash", "-c", script, "bash", str(ROOT / ".env.example"), sys.executable],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+    )
+
+    assert loaded.returncode == 0, loaded.stderr
+    settings = json.loads(loaded.stdout)
+    assert settings["tiers"] == {"basic": 30, "standard": 100, "premium": 300}
+    assert settings["aliases"] == {"pro": "standard"}
+    assert settings["queue"] == "billing"
