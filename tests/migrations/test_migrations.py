@@ -273,3 +273,43 @@ def test_0005_downgrade_refuses_while_events_are_unpublished(backend, request, t
         }
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_0008_forgets_the_404s_of_grants_and_activations_only(backend, request, tmp_path):
+    if backend == "postgresql":
+        url = request.getfixturevalue("scratch_url")
+    else:
+        url = f"sqlite:///{tmp_path / 'billing.sqlite'}"
+    migrate.upgrade(url, "0007_credit_grants")
+    not_found = '{"ok": false, "code": 404, "error": "user_not_found"}'
+    paid = '{"ok": true, "code": 200}'
+    rows = [  # key, operation, response
+        ("pay-old", "grant", not_found),
+        ("pay-terms", "grant:2026-12-31T00:00:00+00:00|50|paid", not_found),
+        ("sub-old", "subscription:standard", not_found),
+        ("job-old", "generation", not_found),  # a refused job stays refused
+        ("pay-ok", "grant", paid),
+    ]
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            for key, operation, response in rows:
+                conn.execute(
+                    text(
+                        "INSERT INTO billing_requests (idempotency_key, user_id, operation,"
+                        " response) VALUES (:k, 990, :o, :r)"
+                    ),
+                    {"k": key, "o": operation, "r": response},
+                )
+
+        migrate.upgrade(url)
+        with engine.connect() as conn:
+            kept = conn.execute(
+                text("SELECT idempotency_key FROM billing_requests ORDER BY idempotency_key")
+            ).scalars()
+            assert list(kept) == ["job-old", "pay-ok"]
+        migrate.downgrade(url, "0007_credit_grants")  # restores nothing, refuses nothing
+        migrate.upgrade(url)
+    finally:
+        engine.dispose()
