@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -33,19 +34,22 @@ def parsed_models() -> dict[str, type]:
     app.loader.import_default_modules()
     found: dict[str, type] = {}
     original = validation.Args.parse.__func__  # type: ignore[attr-defined]
+    # Only this thread's parses are recorded and refused: a worker in this process (the
+    # tests run one in a thread) parses its real messages as ever meanwhile.
+    me = threading.get_ident()
 
     def recording(cls: type, args: Any, kwargs: Any) -> Any:
+        if threading.get_ident() != me:
+            return original(cls, args, kwargs)
         found[current] = cls
         raise validation.InvalidRequest("args", "recorded by cli.reference")
 
     validation.Args.parse = classmethod(recording)  # type: ignore[method-assign,assignment]
-    logging.disable(logging.INFO)  # each refused run would log its outcome line
     try:
         for current in sorted(n for n in app.tasks if n.startswith("billing.")):
             app.tasks[current].apply(kwargs={})
     finally:
         validation.Args.parse = classmethod(original)  # type: ignore[method-assign]
-        logging.disable(logging.NOTSET)
     return found
 
 
@@ -137,7 +141,11 @@ def render_env() -> str:
 
 def main() -> int:
     TASKS_PAGE.parent.mkdir(parents=True, exist_ok=True)
-    TASKS_PAGE.write_text(render_tasks())
+    logging.disable(logging.INFO)  # each refused run would log its outcome line
+    try:
+        TASKS_PAGE.write_text(render_tasks())
+    finally:
+        logging.disable(logging.NOTSET)
     ENV_EXAMPLE.write_text(render_env())
     print(f"wrote {TASKS_PAGE.relative_to(ROOT)} and {ENV_EXAMPLE.relative_to(ROOT)}")
     return 0

@@ -47,9 +47,13 @@ def active(account: AccountRow) -> list[GrantRow]:
     return [g for g in account.grants if g.status == GrantStatus.ACTIVE]
 
 
+def _with_remaining(account: AccountRow) -> list[GrantRow]:
+    return [g for g in account.grants if g.status == GrantStatus.ACTIVE and g.remaining > 0]
+
+
 def live(account: AccountRow) -> list[GrantRow]:
     """The active grants with something left, in draw order."""
-    return sorted((g for g in active(account) if g.remaining > 0), key=draw_order)
+    return sorted(_with_remaining(account), key=draw_order)
 
 
 def general(account: AccountRow) -> int:
@@ -150,9 +154,8 @@ def to_notify(account: AccountRow, now: datetime, notice: timedelta) -> list[Gra
     until = at + notice
     found = [
         g
-        for g in active(account)
-        if g.remaining > 0
-        and g.expires_at is not None
+        for g in _with_remaining(account)  # sorted after: few pass, and a charge asks each time
+        if g.expires_at is not None
         and g.expiring_notified_at is None
         and at < g.expires_at <= until
     ]
@@ -176,16 +179,21 @@ def close(
     return left, taken
 
 
-def view(grant: GrantRow) -> dict[str, Any]:
+def listed(grant: GrantRow) -> dict[str, Any]:
+    """A live grant as ``state.credits.grants`` lists it."""
     return {
         "key": grant.key,
-        "amount": grant.amount,
         "remaining": grant.remaining,
         "expires_at": grant.expires_at.isoformat() if grant.expires_at else None,
         "priority": grant.priority,
         "category": str(grant.category),
-        "status": str(grant.status),
     }
+
+
+def view(grant: GrantRow) -> dict[str, Any]:
+    """A grant whole, as a grant's or void's answer gives it."""
+    shown = listed(grant)
+    return {"key": shown.pop("key"), "amount": grant.amount, **shown, "status": str(grant.status)}
 
 
 def state(account: AccountRow) -> dict[str, Any]:
@@ -200,15 +208,6 @@ def state(account: AccountRow) -> dict[str, Any]:
         expiring_view = {"amount": amount, "at": at.isoformat()}  # type: ignore[union-attr]
     return {
         "balance": account.balance_credits,
-        "grants": [
-            {
-                "key": g.key,
-                "remaining": g.remaining,
-                "expires_at": g.expires_at.isoformat() if g.expires_at else None,
-                "priority": g.priority,
-                "category": str(g.category),
-            }
-            for g in grants
-        ],
+        "grants": [listed(g) for g in grants],
         "expiring": expiring_view,
     }

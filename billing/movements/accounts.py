@@ -71,6 +71,6 @@ def open_account(store: Store, args: OpenAccountArgs, settings: Settings) -> res
         return results.billing_disabled()
     opened = store.open_account(args.user_id, UserRole(args.role))
     read = get_state(store, UserArgs(user_id=args.user_id), settings)
-    if not read["ok"]:  # closed between the two (no task removes an account): say so
+    if not read["ok"]:  # removed by hand between the two: its answer says so
         return read
     return results.success(opened=opened, state=read["state"])
