@@ -59,10 +59,12 @@ result_expires = 7 * 24 * 3600
 # into the result for a week, and make every stored result of a charge twice as large.
 result_extended = False
 
-# Flower and operators see every billing task from sent to done.
+# Flower and operators see every billing task from sent to done: its task-started event comes
+# from the worker whatever task_track_started says; that only adds a STARTED result to the
+# backend (BILLING_TRACK_STARTED, off: docs/benchmarks.md prices it).
 worker_send_task_events = _settings.task_events
 task_send_sent_event = _settings.task_events
-task_track_started = True
+task_track_started = _settings.track_started
 
 worker_hijack_root_logger = False
 

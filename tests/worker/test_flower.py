@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -222,6 +223,9 @@ def test_flower_shows_billing_tasks_with_auth_and_read_only(accounts, broker):
     for task in seen.values():
         assert task["name"] == "billing.charge_generation"
         assert task["worker"] and task["runtime"] is not None
+        # Started, from the worker's task-started event: task_track_started is off (it only
+        # writes a STARTED result to the backend), and operators lose nothing by it.
+        assert task["received"] <= task["started"] <= task["succeeded"]
         assert "'meta': '<hidden>'" in task["kwargs"] and SECRET not in task["kwargs"]
         assert "'ok': True" in task["result"]
     for what, body in pages.items():
@@ -286,3 +290,17 @@ def test_flowers_state_never_keeps_meta_whatever_the_order_of_events(order):
         assert SECRET not in task.kwargs and "'ref'" not in task.kwargs
         assert task.kwargs in (masked, "<hidden: arguments not shown>")
         assert SECRET not in json.dumps(task.as_dict(), default=str)
+
+
+@pytest.mark.parametrize(("setting", "tracked"), [(None, False), ("true", True)])
+def test_a_started_result_is_stored_only_when_asked(setting, tracked):
+    """task_track_started costs a backend write per task and shows Flower nothing its events do
+    not (above): off unless BILLING_TRACK_STARTED asks for it."""
+    env = {k: v for k, v in os.environ.items() if k != "BILLING_TRACK_STARTED"}
+    if setting is not None:
+        env["BILLING_TRACK_STARTED"] = setting
+    probe = "from worker import app; print(app.conf.task_track_started)"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == str(tracked)
