@@ -23,7 +23,7 @@ from typing import Any
 
 from psycopg import ClientCursor, Connection
 
-from billing.core import results, rules
+from billing.core import results
 from billing.core.records import AccountRow
 from billing.core.settings import Settings
 from billing.core.validation import ChargeArgs
@@ -41,14 +41,13 @@ def noop(**_kwargs: object) -> dict[str, object]:
 
 
 def _charge_in_memory(args: ChargeArgs, settings: Settings) -> results.Result:
+    """The charge's rules and answer, as the frame decides them, on an account in memory
+    whose freemium pays (the most common draw): everything but the database."""
     now = datetime.now(UTC)
-    account = AccountRow(args.user_id, "user", None, None, 0, 0, now, 5, now, 1_000_000)
-    cost = charges.Charge(Operation.GENERATION, args).recorded_cost(settings)
-    draw = rules.choose_draw(account, Operation.GENERATION, cost, now, settings)
-    assert draw is not None
-    rules.take(account, draw)
-    state = rules.account_state(account, now, settings)
-    return {**charges.paid_outcome(draw, args.idempotency_key, state), "ledger_id": args.user_id}
+    account = AccountRow(args.user_id, "user", None, None, 0, 0, now, 0, now, 1_000_000)
+    decision = charges.Charge(Operation.GENERATION, args).decide(account, now, settings)
+    outcome = {**decision.outcome, "ledger_id": args.user_id}
+    return results.shaped(outcome, args.include_state)
 
 
 def _reference(
