@@ -6,8 +6,11 @@
 The base revision is checked out in a temporary git worktree; in every round a worker runs
 the base's code (started from that worktree) and then one runs this checkout's (or the other
 way round, swapped every round), each measured on the no-op floor and on generation charges
-over the same accounts, database, Redis and producer. What is reported is each side's
-charges/floor and their ratio: the machine's drift between rounds hits both sides alike.
+over the same accounts, database, Redis and producer, and each side's streams are paired with
+a stream of the plain Celery floor (``bench.bare``, whose worker runs throughout) just before
+them. What is reported is each side's charges/floor, its charges over the plain floor (the
+median of its pairs) and their ratios: the machine's drift between rounds hits both sides
+alike.
 Both revisions must share the schema (the scratch database is migrated by this checkout).
 """
 
@@ -37,34 +40,56 @@ def measure(base: Path, args: argparse.Namespace) -> dict[str, Any]:
     redis.Redis.from_url(run.REDIS_URL).flushdb()
     charges = run.charge_messages()
     sides = {"base": base, "head": ROOT}
+    from bench import bare
+
     results: dict[str, dict[str, list[tp.StreamResult]]] = {
-        side: {"floor": [], "charges": []} for side in sides
+        side: {"bare": [], "floor": [], "charges": []} for side in sides
     }
-    for round_ in range(args.repeat):
-        order = list(sides) if round_ % 2 == 0 else list(reversed(sides))
-        for side in order:
-            with tp.workers(app, {}, args.concurrency, run.LOG_DIR, cwd=sides[side]):
-                tp.run_stream(app, run.noops(200))  # warm up: connections, prepared plans
-                tp.run_stream(app, charges(200, args.accounts))
-                results[side]["floor"].append(tp.run_stream(app, run.noops(args.tasks)))
-                results[side]["charges"].append(
-                    tp.run_stream(app, charges(args.tasks, args.accounts))
-                )
+
+    def plain() -> tp.StreamResult:
+        return tp.run_stream(bare.app, run.bare_noops(args.tasks), queue=bare.QUEUE)
+
+    with run.bare_worker(args):
+        tp.run_stream(bare.app, run.bare_noops(200), queue=bare.QUEUE)
+        for round_ in range(args.repeat):
+            order = list(sides) if round_ % 2 == 0 else list(reversed(sides))
+            for side in order:
+                with tp.workers(app, {}, args.concurrency, run.LOG_DIR, cwd=sides[side]):
+                    tp.run_stream(app, run.noops(200))  # warm up: connections, prepared plans
+                    tp.run_stream(app, charges(200, args.accounts))
+                    results[side]["bare"].append(plain())
+                    results[side]["floor"].append(tp.run_stream(app, run.noops(args.tasks)))
+                    results[side]["charges"].append(
+                        tp.run_stream(app, charges(args.tasks, args.accounts))
+                    )
     return {
-        side: {kind: tp.median_of_rates(runs) for kind, runs in kinds.items()}
+        side: {
+            **{kind: tp.median_of_rates(runs) for kind, runs in kinds.items()},
+            "charges_vs_bare": tp.pair_ratios(kinds["charges"], kinds["bare"]),
+        }
         for side, kinds in results.items()
     }
 
 
 def lines(r: dict[str, Any], base: str) -> list[str]:
-    out = [f"{'side':<24} {'floor/s':>9} {'charges/s':>10} {'charges/floor':>14}"]
-    ratios = {}
+    out = [
+        f"{'side':<24} {'bare/s':>8} {'floor/s':>9} {'charges/s':>10} {'charges/floor':>14}"
+        f" {'charges/bare':>13}"
+    ]
+    ratios, to_bare = {}, {}
     for side in ("base", "head"):
         floor, charges = r[side]["floor"]["median"], r[side]["charges"]["median"]
         ratios[side] = charges / floor
+        to_bare[side] = r[side]["charges_vs_bare"]["median"]
         label = f"base ({base})" if side == "base" else "head (this checkout)"
-        out.append(f"{label:<24} {floor:>9.1f} {charges:>10.1f} {ratios[side]:>14.2f}")
-    out.append(f"charge-to-floor, head / base: x{ratios['head'] / ratios['base']:.2f}")
+        out.append(
+            f"{label:<24} {r[side]['bare']['median']:>8.1f} {floor:>9.1f} {charges:>10.1f}"
+            f" {ratios[side]:>14.2f} {to_bare[side]:>13.2f}"
+        )
+    out.append(
+        f"charge-to-floor, head / base: x{ratios['head'] / ratios['base']:.2f};"
+        f" charge-to-bare, head / base: x{to_bare['head'] / to_bare['base']:.2f}"
+    )
     return out
 
 

@@ -7,8 +7,15 @@ It runs against the PostgreSQL server of BILLING_BENCH_ADMIN_DATABASE_URL (defau
 one; it creates scratch databases there) and the Redis of BILLING_BENCH_REDIS_URL (default:
 database 13 of the local Redis, flushed). Results: bench/results/bench.json and bench.png.
 
+Every throughput figure is also given against the floor a user would pick instead: a plain
+Celery app (bench.bare: broker, backend, JSON, acks_late, prefetch 1, events; its own worker,
+beside ours), one stream of it in every round, and the ratio the median over rounds of each
+stream's rate over its stream's in the same round ("vs bare"). The first lines printed are the
+targets against it.
+
 Scenarios (each throughput figure is the median of --repeat runs, with its min-max):
 1. floor: a no-op task, same worker configuration, events on and off;
+   and pieces: each per-task piece of the billing worker alone on the plain floor (bench.pieces);
 2. charges: generation charges across many accounts of every kind, ratio to the floor, beside
    three references measured in the same rounds: the charge frame (a charge without the
    database), one durable insert (the frame plus the least any charge must write) and the
@@ -78,6 +85,7 @@ def _configure_environment(db_url: str) -> None:
 def throughput_scenarios(args: argparse.Namespace, db_url: str) -> dict[str, Any]:
     import redis
 
+    from bench import bare
     from bench import throughput as tp
     from bench.app import DURABLE_INSERT_TABLE, app  # reads the settings configured above
 
@@ -120,6 +128,9 @@ def throughput_scenarios(args: argparse.Namespace, db_url: str) -> dict[str, Any
 
         return tp.joined(tp.run_stream(app, stream()), tp.run_stream(app, stream()))
 
+    def bare_stream(n: int, rate: float | None = None) -> tp.StreamResult:
+        return tp.run_stream(bare.app, bare_noops(n), rate=rate, queue=bare.QUEUE)
+
     def as_charges(task: str, n: int) -> list[tuple[str, dict[str, Any]]]:
         """The charges' messages, sent to a reference task instead."""
         return [(task, kwargs) for _, kwargs in charges(n, args.accounts)]
@@ -129,32 +140,47 @@ def throughput_scenarios(args: argparse.Namespace, db_url: str) -> dict[str, Any
         env = {"BILLING_TASK_EVENTS": "true" if events else "false"}
         app.conf.task_send_sent_event = events
         label = "events_on" if events else "events_off"
-        with tp.workers(app, env, args.concurrency, LOG_DIR):
+        with bare_worker(args), tp.workers(app, env, args.concurrency, LOG_DIR):
             tp.run_stream(app, noops(200))  # warm up: connections, prepared plans
             tp.run_stream(app, charges(200, args.accounts))
-            floor, charge, hot, frame, bound, locked = [], [], [], [], [], []
+            bare_stream(200)
+            floor, charge, hot, frame, bound, locked, plain = [], [], [], [], [], [], []
             holds, two_charges = [], []
             for _ in range(args.repeat):
+                # The charges right after the plain floor: the pair the headline ratio is of.
+                plain.append(bare_stream(args.tasks))
+                charge.append(tp.run_stream(app, charges(args.tasks, args.accounts)))
                 floor.append(tp.run_stream(app, noops(args.tasks)))
                 if events:
                     # The three references between the floor and a charge (see bench.app).
                     frame.append(tp.run_stream(app, as_charges("bench.charge_frame", args.tasks)))
                     bound.append(tp.run_stream(app, as_charges("bench.durable_insert", args.tasks)))
                     locked.append(tp.run_stream(app, as_charges("bench.locked_insert", args.tasks)))
-                charge.append(tp.run_stream(app, charges(args.tasks, args.accounts)))
                 if events:
                     hot.append(tp.run_stream(app, charges(args.tasks, 10)))
                     holds.append(hold_jobs(args.tasks // 2))
                     two_charges.append(charge_jobs(args.tasks // 2))
             out[f"floor_{label}"] = tp.median_of(floor)
             out[f"charges_{label}"] = tp.median_of(charge)
+            out[f"bare_{label}"] = tp.median_of(plain)
+            out[f"pairs_{label}"] = {
+                "floor": tp.pair_ratios(floor, plain),
+                "charges": tp.pair_ratios(charge, plain),
+            }
             if events:
+                out["pairs_events_on"].update(
+                    frame=tp.pair_ratios(frame, plain),
+                    durable_insert=tp.pair_ratios(bound, plain),
+                    locked_insert=tp.pair_ratios(locked, plain),
+                    hot_account=tp.pair_ratios(hot, plain),
+                )
                 out["frame_events_on"] = tp.median_of(frame)
                 out["durable_insert_events_on"] = tp.median_of(bound)
                 out["locked_insert_events_on"] = tp.median_of(locked)
                 out["cpu_per_task_ms"] = cpu_breakdown(
                     app,
                     {
+                        "bare": lambda n: (bare.app, bare_noops(n), bare.QUEUE),
                         "floor": noops,
                         "frame": lambda n: as_charges("bench.charge_frame", n),
                         "charge": lambda n: charges(n, args.accounts),
@@ -162,19 +188,26 @@ def throughput_scenarios(args: argparse.Namespace, db_url: str) -> dict[str, Any
                     args.cpu_tasks,
                     args.repeat,
                 )
+                out["cpu_split_ms"] = cpu_split(out["cpu_per_task_ms"])
                 out["hot_account"] = tp.median_of(hot)
                 out["hold_jobs"] = tp.median_of(holds)
                 out["two_charge_jobs"] = tp.median_of(two_charges)
                 rate = 0.5 * statistics.median(r.rate for r in charge)
                 n = max(int(rate * 20), 200)  # about 20 seconds at that rate
-                paced_floor, paced_charges = [], []
+                paced_floor, paced_charges, paced_bare = [], [], []
                 for _ in range(args.repeat):  # alternated, so drift hits both sides alike
+                    paced_bare.append(bare_stream(n, rate=rate))
                     paced_floor.append(tp.run_stream(app, noops(n), rate=rate))
                     paced_charges.append(tp.run_stream(app, charges(n, args.accounts), rate=rate))
                 out["under_load"] = {
                     "rate_per_s": rate,
+                    "bare": tp.median_of(paced_bare),
                     "floor": tp.median_of(paced_floor),
                     "charges": tp.median_of(paced_charges),
+                    "charges_p50_over_bare_ms": statistics.median(
+                        c.percentile(50) - b.percentile(50)
+                        for c, b in zip(paced_charges, paced_bare, strict=True)
+                    ),
                 }
     return out
 
@@ -198,6 +231,21 @@ def charge_messages() -> Callable[[int, int], list[tuple[str, dict[str, Any]]]]:
 
 def noops(n: int) -> list[tuple[str, dict[str, Any]]]:
     return [("bench.noop", {}) for _ in range(n)]
+
+
+def bare_noops(n: int) -> list[tuple[str, dict[str, Any]]]:
+    return [("bare.noop", {}) for _ in range(n)]
+
+
+def bare_worker(args: argparse.Namespace) -> Any:
+    """The plain Celery floor's worker (``bench.bare``), beside the billing worker: idle while
+    the other runs, so each round can alternate the two."""
+    from bench import bare
+    from bench import throughput as tp
+
+    return tp.workers(
+        bare.app, {}, args.concurrency, LOG_DIR, app_module="bench.bare", queue=bare.QUEUE
+    )
 
 
 def floor_and_charges(measure: Callable[..., dict[str, Any]], first: Any, args) -> dict[str, Any]:
@@ -224,9 +272,11 @@ def cpu_breakdown(app, streams: dict, tasks: int, repeat: int) -> dict[str, Any]
     samples: dict[str, list[dict[str, float]]] = {name: [] for name in streams}
     for _ in range(repeat):
         for name, make in streams.items():
-            messages = make(tasks)
+            made = make(tasks)
+            # A stream of the billing app, or (app, messages, queue) of another.
+            on, messages, queue = made if isinstance(made, tuple) else (app, made, tp.QUEUE)
             before = cpu.snapshot()
-            tp.run_stream(app, messages)
+            tp.run_stream(on, messages, queue=queue)
             samples[name].append(cpu.per_task_ms(before, cpu.snapshot(), tasks))
     return {
         name: {k: statistics.median(s.get(k, 0.0) for s in runs) for k in runs[0]}
@@ -422,6 +472,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
 
     t = results["throughput"]
     names = [
+        "bare_events_on",
         "floor_events_on",
         "frame_events_on",
         "durable_insert_events_on",
@@ -432,6 +483,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
         "charges_events_off",
     ]
     labels = [
+        "plain Celery\n(bare)",
         "floor\nevents on",
         "frame\n(no database)",
         "one durable\ninsert",
@@ -441,11 +493,13 @@ def chart(results: dict[str, Any], path: Path) -> None:
         "floor\nevents off",
         "charges\nevents off",
     ]
-    fig, (left, right, third) = plt.subplots(1, 3, figsize=(24, 5))
+    fig, (left, right, third, fourth) = plt.subplots(
+        1, 4, figsize=(30, 5), gridspec_kw={"width_ratios": [3, 2, 2, 1]}
+    )
     rates = [t[n]["tasks_per_s"]["median"] for n in names]
     lows = [t[n]["tasks_per_s"]["median"] - t[n]["tasks_per_s"]["min"] for n in names]
     highs = [t[n]["tasks_per_s"]["max"] - t[n]["tasks_per_s"]["median"] for n in names]
-    colors = ["#999", "#9c9", "#396", "#6a4", "#36c", "#c63", "#bbb", "#69c"]
+    colors = ["#555", "#999", "#9c9", "#396", "#6a4", "#36c", "#c63", "#bbb", "#69c"]
     left.bar(labels, rates, yerr=[lows, highs], color=colors)
     left.tick_params(axis="x", labelsize=8)
     left.set_ylabel("tasks/s, first send to last result (median, min-max)")
@@ -453,11 +507,12 @@ def chart(results: dict[str, Any], path: Path) -> None:
     load = t["under_load"]
     pcts = ["p50_ms", "p95_ms", "p99_ms"]
     x = range(len(pcts))
-    for side, shift, label in (("floor", -0.2, "no-op"), ("charges", 0.2, "charge")):
+    sides = (("bare", -0.27, "plain Celery"), ("floor", 0.0, "no-op"), ("charges", 0.27, "charge"))
+    for side, shift, label in sides:
         r = [load[side][p] for p in pcts]
         spread = [[v["median"] - v["min"] for v in r], [v["max"] - v["median"] for v in r]]
         medians = [v["median"] for v in r]
-        right.bar([i + shift for i in x], medians, yerr=spread, width=0.4, label=label)
+        right.bar([i + shift for i in x], medians, yerr=spread, width=0.27, label=label)
     right.set_xticks(list(x), ["p50", "p95", "p99"])
     right.set_ylabel("ms, send to result stored (median, min-max)")
     right.set_title(f"Latency at {load['rate_per_s']:.0f}/s (half the charges' maximum)")
@@ -471,11 +526,32 @@ def chart(results: dict[str, Any], path: Path) -> None:
     third.set_ylabel("machine CPU ms per task")
     third.set_title("Where the CPU goes (events on)")
     third.legend()
+    split = t["cpu_split_ms"]
+    level = 0.0
+    for part, label in (
+        ("celery", "Celery (the bare task)"),
+        ("frame", "our task and frame"),
+        ("database", "the database"),
+    ):
+        fourth.bar(["a charge"], [split[part]], bottom=[level], label=f"{label} {split[part]:.2f}")
+        level += split[part]
+    fourth.set_ylabel("machine CPU ms per charge")
+    fourth.set_title("A charge's CPU, split")
+    fourth.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
 
 CPU_KINDS = ("producer", "worker parent", "worker child", "redis", "postgres")
+
+
+def cpu_split(cpu: dict[str, dict[str, float]]) -> dict[str, float]:
+    """A charge's machine CPU per task, split three ways: what Celery costs any task (the
+    plain floor's), what our task and frame add without the database (the charge frame's over
+    that), and what the database adds (the charge's over the frame's: psycopg and the
+    server)."""
+    bare, frame, charge = (cpu[k]["total"] for k in ("bare", "frame", "charge"))
+    return {"celery": bare, "frame": frame - bare, "database": charge - frame, "total": charge}
 
 
 def cpu_lines(cpu: dict[str, dict[str, float]]) -> list[str]:
@@ -486,6 +562,12 @@ def cpu_lines(cpu: dict[str, dict[str, float]]) -> list[str]:
     for stream, spent in cpu.items():
         row = " ".join(f"{spent.get(k, 0.0):>13.2f}" for k in (*CPU_KINDS, "total"))
         lines.append(f"{stream:<36} {row}")
+    split = cpu_split(cpu)
+    lines.append(
+        f"a charge's machine CPU: {split['total']:.2f} ms = Celery (the bare floor's task)"
+        f" {split['celery']:.2f} + our task and frame (frame - bare) {split['frame']:.2f} + the"
+        f" database, its client and server (charge - frame) {split['database']:.2f}"
+    )
     floor, frame, charge = (cpu[k]["total"] for k in ("floor", "frame", "charge"))
     lines.append(
         f"charge - floor = {charge - floor:.2f} ms: the task's contract without the database"
@@ -497,14 +579,41 @@ def cpu_lines(cpu: dict[str, dict[str, float]]) -> list[str]:
     return lines
 
 
+def targets(results: dict[str, Any]) -> list[str]:
+    """The figures the issue set targets for, against the plain floor, from this run."""
+    rows: list[tuple[str, str, bool]] = []
+    t, b = results.get("throughput"), results.get("batches")
+    if t:
+        full = t["pairs_events_on"]["charges"]["median"]
+        rows.append((f"full charges: {full:.2f} of bare", ">= 0.75", full >= 0.75))
+        added = t["under_load"]["charges_p50_over_bare_ms"]
+        rows.append((f"p50 under load: {added:+.1f} ms over bare", "<= +2 ms", added <= 2.0))
+    if b:
+        lean = b["charges_lean"]["vs_bare"]["median"]
+        rows.append((f"include_state=False charges: {lean:.2f} of bare", ">= 0.80", lean >= 0.80))
+        batched = b["batch_100"]["vs_charges"]["median"]
+        rows.append((f"charge_batch of 100: x{batched:.1f} a charge", ">= x5", batched >= 5.0))
+    if not rows:
+        return []
+    out = ["targets against the plain Celery floor (bench.bare; medians of alternated pairs):"]
+    out += [
+        f"  {what:<48} target {goal:<9} {'met' if ok else 'NOT met'}" for what, goal, ok in rows
+    ]
+    return out
+
+
 def table(results: dict[str, Any]) -> str:
-    lines = []
+    lines = targets(results)
     if "events" in results:
         from bench import events
 
         lines.append(events.line(results["events"]))
     if "throughput" in results:
         lines.extend(throughput_table(results["throughput"]))
+    if "pieces" in results:
+        from bench import pieces
+
+        lines.extend(pieces.lines(results["pieces"]))
     if "batches" in results:
         from bench import batch
 
@@ -520,24 +629,31 @@ def table(results: dict[str, Any]) -> str:
 def throughput_table(t: dict[str, Any]) -> list[str]:
     floor = t["floor_events_on"]["tasks_per_s"]["median"]
     lines = [
-        f"{'scenario':<28} {'tasks/s median':>14} {'min-max':>15} {'vs floor':>9}"
-        f" {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}"
+        "vs bare: the median over rounds of the rate over the plain Celery floor's (bench.bare,"
+        " events on) in the same round; vs floor: over the billing app's no-op (medians)",
+        f"{'scenario':<28} {'tasks/s median':>14} {'min-max':>15} {'vs bare':>8} {'vs floor':>9}"
+        f" {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}",
     ]
-    for name, base in (
-        ("floor_events_on", floor),
-        ("frame_events_on", floor),
-        ("durable_insert_events_on", floor),
-        ("locked_insert_events_on", floor),
-        ("charges_events_on", floor),
-        ("hot_account", floor),
-        ("floor_events_off", t["floor_events_off"]["tasks_per_s"]["median"]),
-        ("charges_events_off", t["floor_events_off"]["tasks_per_s"]["median"]),
+    pairs = t.get("pairs_events_on", {})
+    off_pairs = t.get("pairs_events_off", {})
+    off_floor = t["floor_events_off"]["tasks_per_s"]["median"]
+    for name, base, pair in (
+        ("bare_events_on", floor, {"median": 1.0}),
+        ("floor_events_on", floor, pairs.get("floor")),
+        ("frame_events_on", floor, pairs.get("frame")),
+        ("durable_insert_events_on", floor, pairs.get("durable_insert")),
+        ("locked_insert_events_on", floor, pairs.get("locked_insert")),
+        ("charges_events_on", floor, pairs.get("charges")),
+        ("hot_account", floor, pairs.get("hot_account")),
+        ("floor_events_off", off_floor, off_pairs.get("floor")),
+        ("charges_events_off", off_floor, off_pairs.get("charges")),
     ):
         r = t[name]
+        vs_bare = f"{pair['median']:>8.2f}" if pair else f"{'-':>8}"
         lines.append(
             f"{name:<28} {r['tasks_per_s']['median']:>14.1f} "
-            f"{r['tasks_per_s']['min']:>7.1f}-{r['tasks_per_s']['max']:<7.1f} "
-            f"{r['tasks_per_s']['median'] / base:>9.2f} {r['p50_ms']['median']:>8.0f} "
+            f"{r['tasks_per_s']['min']:>7.1f}-{r['tasks_per_s']['max']:<7.1f} {vs_bare}"
+            f" {r['tasks_per_s']['median'] / base:>9.2f} {r['p50_ms']['median']:>8.0f} "
             f"{r['p95_ms']['median']:>8.0f} {r['p99_ms']['median']:>8.0f}"
         )
     if "hold_jobs" in t:
@@ -557,9 +673,11 @@ def throughput_table(t: dict[str, Any]) -> list[str]:
 
     added = load["charges"]["p50_ms"]["median"] - load["floor"]["p50_ms"]["median"]
     lines.append(
-        f"under load at {load['rate_per_s']:.0f}/s (medians, min-max): p50 no-op"
-        f" {paced('floor', 'p50_ms')}, charge {paced('charges', 'p50_ms')}, +{added:.1f} ms;"
-        f" p99 no-op {paced('floor', 'p99_ms')}, charge {paced('charges', 'p99_ms')}"
+        f"under load at {load['rate_per_s']:.0f}/s (medians, min-max): p50 bare"
+        f" {paced('bare', 'p50_ms')}, no-op {paced('floor', 'p50_ms')}, charge"
+        f" {paced('charges', 'p50_ms')}: +{load['charges_p50_over_bare_ms']:.1f} ms over bare"
+        f" (median of pairs), +{added:.1f} ms over the no-op; p99 bare {paced('bare', 'p99_ms')},"
+        f" no-op {paced('floor', 'p99_ms')}, charge {paced('charges', 'p99_ms')}"
     )
     lines.extend(cpu_lines(t["cpu_per_task_ms"]))
     return lines
@@ -607,12 +725,22 @@ def main() -> None:
         "--skip",
         nargs="*",
         default=[],
-        choices=["throughput", "batches", "events", "brokers", "resets", "ledger", "db_work"],
+        choices=[
+            "throughput",
+            "pieces",
+            "batches",
+            "events",
+            "brokers",
+            "resets",
+            "ledger",
+            "db_work",
+        ],
     )
     args = parser.parse_args()
     quick = args.quick
     args.tasks = 2000 if quick else 20_000
     args.cpu_tasks = 1000 if quick else 5000
+    args.piece_tasks = 1000 if quick else 5000
     args.accounts = 10_000
     args.reset_accounts = 100_000 if quick else 1_000_000
     args.ledger_rows = 1_000_000 if quick else 10_000_000
@@ -632,6 +760,17 @@ def main() -> None:
     engine.dispose()
     if "throughput" not in args.skip:
         results["throughput"] = throughput_scenarios(args, db_url)
+    if "pieces" not in args.skip:
+        from bench import pieces
+
+        charges = charge_messages()
+        results["pieces"] = pieces.measure(
+            args.piece_tasks,
+            max(args.repeat, 5),  # a piece's price is a few percent: more pairs than others
+            args.concurrency,
+            LOG_DIR,
+            lambda n: [kwargs for _, kwargs in charges(n, args.accounts)],
+        )
     if "batches" not in args.skip:
         from bench import batch
         from bench.app import app

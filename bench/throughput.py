@@ -12,7 +12,7 @@ import os
 import statistics
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -59,22 +59,33 @@ def joined(*streams: StreamResult) -> StreamResult:
 
 
 @contextmanager
-def workers(app, env: dict[str, str], concurrency: int, log_dir, cwd=None) -> Iterator[None]:
+def workers(
+    app,
+    env: dict[str, str],
+    concurrency: int,
+    log_dir,
+    cwd=None,
+    app_module: str = "bench.app",
+    queue: str = QUEUE,
+    loglevel: str = "WARNING",
+) -> Iterator[None]:
     """One worker with the production configuration, on the bench queue; ``cwd``: a checkout
-    whose code it runs instead of this one's."""
+    whose code it runs instead of this one's; ``app_module="bench.bare"`` (``queue="bare"``):
+    the plain Celery floor instead (``bench.bare``)."""
     hostname = f"bench-{uuid.uuid4().hex[:6]}@%h"
     cmd = processes.worker_command(
-        queue=QUEUE,
+        queue=queue,
         concurrency=concurrency,
         hostname=hostname,
-        loglevel="WARNING",
-        app_module="bench.app",
+        loglevel=loglevel,
+        app_module=app_module,
     )
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
         log_dir.mkdir(parents=True, exist_ok=True)
-        with processes.running(cmd, log_dir / "bench-worker.log", cwd=cwd) as proc:
+        log = log_dir / f"bench-worker-{queue}.log"
+        with processes.running(cmd, log, cwd=cwd) as proc:
             processes.wait_for_worker(app, proc, processes.node_name(hostname))
             yield
     finally:
@@ -101,9 +112,14 @@ def producer_gc_paused() -> Iterator[None]:
 
 @producer_gc_paused()
 def run_stream(
-    app, messages: list[tuple[str, dict[str, Any]]], rate: float | None = None
+    app,
+    messages: list[tuple[str, dict[str, Any]]],
+    rate: float | None = None,
+    queue: str = QUEUE,
+    headers: Callable[[], dict[str, Any]] | None = None,
 ) -> StreamResult:
-    """Send every message (paced at ``rate`` per second if given) and wait for all results."""
+    """Send every message (paced at ``rate`` per second if given) to ``queue`` and wait for
+    all results; ``headers``: each message's extra headers, made as it is sent."""
     sent: list[tuple[float, AsyncResult]] = []
     started = time.time()
     for i, (name, kwargs) in enumerate(messages):
@@ -111,7 +127,8 @@ def run_stream(
             delay = started + i / rate - time.time()
             if delay > 0:
                 time.sleep(delay)
-        sent.append((time.time(), app.send_task(name, kwargs=kwargs, queue=QUEUE)))
+        extra = {"headers": headers()} if headers else {}
+        sent.append((time.time(), app.send_task(name, kwargs=kwargs, queue=queue, **extra)))
     latencies = []
     last_done = started
     for sent_at, result in sent:
@@ -145,3 +162,10 @@ def median_of_rates(results: list[StreamResult]) -> dict[str, float]:
     """The median rate over repetitions, with its min-max (streams without latencies)."""
     rates = [r.rate for r in results]
     return {"median": statistics.median(rates), "min": min(rates), "max": max(rates)}
+
+
+def pair_ratios(side: list[StreamResult], base: list[StreamResult]) -> dict[str, Any]:
+    """Rates of ``side`` over ``base``, round by round (each pair ran back to back), and
+    their median: drift on the machine between rounds cancels out of each pair."""
+    ratios = [s.rate / b.rate for s, b in zip(side, base, strict=True)]
+    return {"median": statistics.median(ratios), "ratios": ratios}
