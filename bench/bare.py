@@ -49,3 +49,8 @@ else:
     from bench import pieces
 
     pieces.install(app, PIECE)
+
+
+def noops(n: int) -> list[tuple[str, dict[str, object]]]:
+    """``n`` messages for the plain floor's task."""
+    return [("bare.noop", {}) for _ in range(n)]

@@ -47,7 +47,7 @@ def measure(
     streams: dict[str, Callable[[], tuple[Messages, int]]] = {
         # In this order in every round: the lean charges' pair with the plain floor is the
         # adjacent one (their target is against it).
-        "bare": lambda: ([("bare.noop", {}) for _ in range(tasks)], 1),
+        "bare": lambda: (bare.noops(tasks), 1),
         "charges_lean": lambda: (lean(charges(tasks)), 1),
         "charges": lambda: (charges(tasks), 1),
         "floor": lambda: (noops(tasks), 1),
@@ -55,13 +55,10 @@ def measure(
         "batch_100": lambda: (batches(charges(tasks * 5), 100), 100),
     }
     runs: dict[str, list[tp.StreamResult]] = {name: [] for name in streams}
-    plain = tp.workers(
-        bare.app, {}, concurrency, log_dir, app_module="bench.bare", queue=bare.QUEUE
-    )
-    with plain, tp.workers(app, {}, concurrency, log_dir):
+    with tp.bare_workers(concurrency, log_dir), tp.workers(app, {}, concurrency, log_dir):
         tp.run_stream(app, noops(200))  # warm up: connections, prepared plans
         tp.run_stream(app, charges(200))
-        tp.run_stream(bare.app, streams["bare"]()[0][:200], queue=bare.QUEUE)
+        tp.bare_stream(200)
         for _ in range(repeat):
             for name, make in streams.items():
                 messages, size = make()

@@ -40,24 +40,19 @@ def measure(base: Path, args: argparse.Namespace) -> dict[str, Any]:
     redis.Redis.from_url(run.REDIS_URL).flushdb()
     charges = run.charge_messages()
     sides = {"base": base, "head": ROOT}
-    from bench import bare
-
     results: dict[str, dict[str, list[tp.StreamResult]]] = {
         side: {"bare": [], "floor": [], "charges": []} for side in sides
     }
 
-    def plain() -> tp.StreamResult:
-        return tp.run_stream(bare.app, run.bare_noops(args.tasks), queue=bare.QUEUE)
-
-    with run.bare_worker(args):
-        tp.run_stream(bare.app, run.bare_noops(200), queue=bare.QUEUE)
+    with tp.bare_workers(args.concurrency, run.LOG_DIR):
+        tp.bare_stream(200)
         for round_ in range(args.repeat):
             order = list(sides) if round_ % 2 == 0 else list(reversed(sides))
             for side in order:
                 with tp.workers(app, {}, args.concurrency, run.LOG_DIR, cwd=sides[side]):
                     tp.run_stream(app, run.noops(200))  # warm up: connections, prepared plans
                     tp.run_stream(app, charges(200, args.accounts))
-                    results[side]["bare"].append(plain())
+                    results[side]["bare"].append(tp.bare_stream(args.tasks))
                     results[side]["floor"].append(tp.run_stream(app, run.noops(args.tasks)))
                     results[side]["charges"].append(
                         tp.run_stream(app, charges(args.tasks, args.accounts))

@@ -190,7 +190,7 @@ def measure(
 
     def stream(queue: str, piece: str | None) -> tp.StreamResult:
         kwargs = charge_kwargs(tasks) if piece in ("round_trips", "pool_checkout") else None
-        messages = [("bare.noop", k) for k in kwargs] if kwargs else noops(tasks)
+        messages = [("bare.noop", k) for k in kwargs] if kwargs else bare.noops(tasks)
         headers = (lambda: {SENT_AT_HEADER: time.time()}) if piece == "queue_wait" else None
         events = piece != "events_off"
         app.conf.task_send_sent_event = events
@@ -200,13 +200,13 @@ def measure(
             app.conf.task_send_sent_event = True
 
     out: dict[str, Any] = {"tasks": tasks, "pieces": {}}
-    with tp.workers(app, {}, concurrency, log_dir, app_module="bench.bare", queue=bare.QUEUE):
+    with tp.bare_workers(concurrency, log_dir):
         stream(bare.QUEUE, None)  # warm up
         for piece in only or list(PIECES):
             env = {"BENCH_BARE_PIECE": piece}
             if piece in WITH_PORT:
                 env["BILLING_METRICS_PORT"] = str(_free_port())
-            with tp.workers(app, env, concurrency, log_dir, app_module="bench.bare", queue="piece"):
+            with tp.bare_workers(concurrency, log_dir, env, queue="piece"):
                 stream("piece", piece)  # warm up: connections, prepared plans
                 ratios, rates = [], []
                 for i in range(repeat):
@@ -229,10 +229,6 @@ def measure(
                 "piece_per_s": statistics.median(r[1] for r in rates),
             }
     return out
-
-
-def noops(n: int) -> list[tuple[str, dict[str, Any]]]:
-    return [("bare.noop", {}) for _ in range(n)]
 
 
 def lines(r: dict[str, Any]) -> list[str]:

@@ -56,9 +56,9 @@ from typing import Any
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from bench.bare import REDIS_URL
 from bench.common import RESULTS_DIR, scratch_database, write_json
 
-REDIS_URL = os.environ.get("BILLING_BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
 LOG_DIR = RESULTS_DIR / "logs"
 CHARGE_ACCOUNTS_SQL = """
 INSERT INTO users (id, role, subscription_type, subscription_end, subscription_ops_limit,
@@ -128,9 +128,6 @@ def throughput_scenarios(args: argparse.Namespace, db_url: str) -> dict[str, Any
 
         return tp.joined(tp.run_stream(app, stream()), tp.run_stream(app, stream()))
 
-    def bare_stream(n: int, rate: float | None = None) -> tp.StreamResult:
-        return tp.run_stream(bare.app, bare_noops(n), rate=rate, queue=bare.QUEUE)
-
     def as_charges(task: str, n: int) -> list[tuple[str, dict[str, Any]]]:
         """The charges' messages, sent to a reference task instead."""
         return [(task, kwargs) for _, kwargs in charges(n, args.accounts)]
@@ -140,15 +137,18 @@ def throughput_scenarios(args: argparse.Namespace, db_url: str) -> dict[str, Any
         env = {"BILLING_TASK_EVENTS": "true" if events else "false"}
         app.conf.task_send_sent_event = events
         label = "events_on" if events else "events_off"
-        with bare_worker(args), tp.workers(app, env, args.concurrency, LOG_DIR):
+        with (
+            tp.bare_workers(args.concurrency, LOG_DIR),
+            tp.workers(app, env, args.concurrency, LOG_DIR),
+        ):
             tp.run_stream(app, noops(200))  # warm up: connections, prepared plans
             tp.run_stream(app, charges(200, args.accounts))
-            bare_stream(200)
+            tp.bare_stream(200)
             floor, charge, hot, frame, bound, locked, plain = [], [], [], [], [], [], []
             holds, two_charges = [], []
             for _ in range(args.repeat):
                 # The charges right after the plain floor: the pair the headline ratio is of.
-                plain.append(bare_stream(args.tasks))
+                plain.append(tp.bare_stream(args.tasks))
                 charge.append(tp.run_stream(app, charges(args.tasks, args.accounts)))
                 floor.append(tp.run_stream(app, noops(args.tasks)))
                 if events:
@@ -180,7 +180,7 @@ def throughput_scenarios(args: argparse.Namespace, db_url: str) -> dict[str, Any
                 out["cpu_per_task_ms"] = cpu_breakdown(
                     app,
                     {
-                        "bare": lambda n: (bare.app, bare_noops(n), bare.QUEUE),
+                        "bare": lambda n: (bare.app, bare.noops(n), bare.QUEUE),
                         "floor": noops,
                         "frame": lambda n: as_charges("bench.charge_frame", n),
                         "charge": lambda n: charges(n, args.accounts),
@@ -196,7 +196,7 @@ def throughput_scenarios(args: argparse.Namespace, db_url: str) -> dict[str, Any
                 n = max(int(rate * 20), 200)  # about 20 seconds at that rate
                 paced_floor, paced_charges, paced_bare = [], [], []
                 for _ in range(args.repeat):  # alternated, so drift hits both sides alike
-                    paced_bare.append(bare_stream(n, rate=rate))
+                    paced_bare.append(tp.bare_stream(n, rate=rate))
                     paced_floor.append(tp.run_stream(app, noops(n), rate=rate))
                     paced_charges.append(tp.run_stream(app, charges(n, args.accounts), rate=rate))
                 out["under_load"] = {
@@ -231,21 +231,6 @@ def charge_messages() -> Callable[[int, int], list[tuple[str, dict[str, Any]]]]:
 
 def noops(n: int) -> list[tuple[str, dict[str, Any]]]:
     return [("bench.noop", {}) for _ in range(n)]
-
-
-def bare_noops(n: int) -> list[tuple[str, dict[str, Any]]]:
-    return [("bare.noop", {}) for _ in range(n)]
-
-
-def bare_worker(args: argparse.Namespace) -> Any:
-    """The plain Celery floor's worker (``bench.bare``), beside the billing worker: idle while
-    the other runs, so each round can alternate the two."""
-    from bench import bare
-    from bench import throughput as tp
-
-    return tp.workers(
-        bare.app, {}, args.concurrency, LOG_DIR, app_module="bench.bare", queue=bare.QUEUE
-    )
 
 
 def floor_and_charges(measure: Callable[..., dict[str, Any]], first: Any, args) -> dict[str, Any]:

@@ -31,9 +31,9 @@ from typing import Any
 
 from sqlalchemy import create_engine, text
 
+from bench.bare import REDIS_URL
 from bench.common import RESULTS_DIR, scratch_database, write_json
 
-REDIS_URL = os.environ.get("BILLING_BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
 USERS = 1_000_000
 LOAD_CHUNK = 1_000_000
 EMPTY_QUEUE, LARGE_QUEUE = "bench", "bench-large"

@@ -20,6 +20,7 @@ from typing import Any
 
 from celery.result import AsyncResult
 
+from bench import bare
 from cli import processes
 
 QUEUE = "bench"
@@ -162,6 +163,18 @@ def median_of_rates(results: list[StreamResult]) -> dict[str, float]:
     """The median rate over repetitions, with its min-max (streams without latencies)."""
     rates = [r.rate for r in results]
     return {"median": statistics.median(rates), "min": min(rates), "max": max(rates)}
+
+
+def bare_workers(
+    concurrency: int, log_dir, env: dict[str, str] | None = None, queue: str = bare.QUEUE
+) -> Any:
+    """A worker of the plain Celery floor (``bench.bare``; with ``BENCH_BARE_PIECE`` in
+    ``env``, the floor plus that piece) on ``queue``."""
+    return workers(bare.app, env or {}, concurrency, log_dir, app_module="bench.bare", queue=queue)
+
+
+def bare_stream(n: int, rate: float | None = None) -> StreamResult:
+    return run_stream(bare.app, bare.noops(n), rate=rate, queue=bare.QUEUE)
 
 
 def pair_ratios(side: list[StreamResult], base: list[StreamResult]) -> dict[str, Any]:
